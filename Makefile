@@ -1,0 +1,42 @@
+# medref: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test test-fast lint bench clean-outputs
+
+# The venv is built from the committed lock (requirements.lock) with --constraint, so an
+# install never resolves versions at CI time. The stamp is re-made when the lock changes.
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip==26.3"
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@# Let `.venv/bin/dvc repro` / `.venv/bin/snakemake` find `medref` without activating
+	@# the venv: a .pth line puts the venv's bin/ first on PATH for its own processes.
+	cp workflow/envs/medref_venv_path.pth $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Whole pipeline on the embedded synthetic dataset (every regime, eval and the report).
+run: $(STAMP)
+	@start=$$(date +%s); \
+	dvc repro && \
+	echo "pipeline finished in $$(( $$(date +%s) - start )) s; report: $(CURDIR)/reports/report.md (and reports/index.html)"
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline_src tests bench
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	$(VENV)/bin/snakemake --lint
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py --full
+
+clean-outputs:
+	rm -rf data/raw data/shards data/labels data/splits models eval metrics reports runs logs .snakemake

@@ -1,0 +1,211 @@
+"""``medref``: one console script, one sub-command per pipeline stage.
+
+Each sub-command parses its arguments, loads params.yaml, calls the stage's ``run`` and
+nothing else. Heavy modules (torch, pyarrow) are imported inside the handlers so that
+``medref --help`` stays fast.
+
+    medref download qata          # data/raw/qata/
+    medref preprocess qata        # data/shards/qata/
+    medref pseudolabel qata       # data/labels/qata.parquet + metrics/labels/qata.json
+    medref split qata_10pct       # data/splits/qata_10pct.json
+    medref train qata_10pct       # models/qata_10pct/
+    medref eval qata_10pct        # metrics/qata_10pct.json + eval/qata_10pct/
+    medref report                 # reports/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline_src import paths
+
+
+def _params(args: argparse.Namespace):
+    from pipeline_src import params
+
+    return params.load(args.params)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from pipeline_src.data import download
+
+    p = _params(args)
+    p.dataset(args.dataset)
+    download.run(p, args.dataset, Path(args.out or paths.raw_dir(args.dataset)))
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from pipeline_src.data import preprocess
+
+    p = _params(args)
+    p.dataset(args.dataset)
+    preprocess.run(
+        p,
+        args.dataset,
+        raw_dir=Path(args.raw or paths.raw_dir(args.dataset)),
+        out_dir=Path(args.out or paths.shards_dir(args.dataset)),
+    )
+
+
+def cmd_pseudolabel(args: argparse.Namespace) -> None:
+    from pipeline_src.labels import pseudolabel
+
+    p = _params(args)
+    p.dataset(args.dataset)
+    pseudolabel.run(
+        p,
+        args.dataset,
+        shards_dir=Path(args.shards or paths.shards_dir(args.dataset)),
+        out_file=Path(args.out or paths.labels_file(args.dataset)),
+        metrics_file=Path(args.metrics or paths.label_metrics_file(args.dataset)),
+    )
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from pipeline_src.data import splits
+
+    p = _params(args)
+    r = p.regime(args.regime)
+    splits.run(
+        p,
+        args.regime,
+        shards_dir=Path(args.shards or paths.shards_dir(r.dataset)),
+        out_file=Path(args.out or paths.split_file(args.regime)),
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from pipeline_src.train import launcher
+
+    p = _params(args)
+    r = p.regime(args.regime)
+    launcher.launch(
+        p,
+        args.regime,
+        shards_dir=Path(args.shards or paths.shards_dir(r.dataset)),
+        labels_file=Path(args.labels or paths.labels_file(r.dataset)),
+        split_file=Path(args.split or paths.split_file(args.regime)),
+        out_dir=Path(args.out or paths.model_dir(args.regime)),
+        run_dir=Path(args.run_dir or paths.run_dir(args.regime)),
+        launcher=args.launcher,
+        resume=not args.no_resume,
+        params_file=Path(args.params),
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from pipeline_src.evaluate import evaluate
+
+    p = _params(args)
+    r = p.regime(args.regime)
+    evaluate.run(
+        p,
+        args.regime,
+        model_dir=Path(args.model or paths.model_dir(args.regime)),
+        shards_dir=Path(args.shards or paths.shards_dir(r.dataset)),
+        labels_file=Path(args.labels or paths.labels_file(r.dataset)),
+        metrics_file=Path(args.out or paths.metrics_file(args.regime)),
+        out_dir=Path(args.eval_dir or paths.eval_dir(args.regime)),
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pipeline_src.evaluate import report
+
+    p = _params(args)
+    report.run(
+        p,
+        metrics_dir=Path(args.metrics or paths.METRICS),
+        eval_root=Path(args.eval_root or paths.EVAL),
+        out_dir=Path(args.out or paths.REPORTS),
+    )
+
+
+def cmd_regions(args: argparse.Namespace) -> None:
+    from pipeline_src.labels import regions_cli
+
+    regions_cli.main(texts=args.texts, texts_file=args.texts_file, masks=args.masks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="medref", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--params", default=argparse.SUPPRESS, help="params file (default: params.yaml)")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("download", cmd_download, "Fetch/verify/extract (or synthesise) a dataset into data/raw/<dataset>/.")
+    sp.add_argument("dataset")
+    sp.add_argument("--out", help="output folder (default: data/raw/<dataset>)")
+
+    sp = add("preprocess", cmd_preprocess, "Validate raw pairs and write Parquet shards + manifest.json.")
+    sp.add_argument("dataset")
+    sp.add_argument("--raw", help="raw folder (default: data/raw/<dataset>)")
+    sp.add_argument("--out", help="shards folder (default: data/shards/<dataset>)")
+
+    sp = add("pseudolabel", cmd_pseudolabel, "Six-region position labels from text and from masks, + agreement metrics.")
+    sp.add_argument("dataset")
+    sp.add_argument("--shards", help="shards folder (default: data/shards/<dataset>)")
+    sp.add_argument("--out", help="labels file (default: data/labels/<dataset>.parquet)")
+    sp.add_argument("--metrics", help="agreement metrics (default: metrics/labels/<dataset>.json)")
+
+    sp = add("split", cmd_split, "Seeded, nested labelled/unlabelled selection of training ids for a regime.")
+    sp.add_argument("regime")
+    sp.add_argument("--shards", help="shards folder (default: data/shards/<regime's dataset>)")
+    sp.add_argument("--out", help="split file (default: data/splits/<regime>.json)")
+
+    sp = add("train", cmd_train, "Train the regime's model (in-process, or on SLURM through submitit).")
+    sp.add_argument("regime")
+    sp.add_argument("--shards")
+    sp.add_argument("--labels")
+    sp.add_argument("--split")
+    sp.add_argument("--out", help="model folder (default: models/<regime>)")
+    sp.add_argument("--run-dir", help="checkpoints and job logs (default: runs/<regime>)")
+    sp.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default=None,
+        help="where to run; default $MEDREF_LAUNCHER, else the cluster config, else local. Never a tracked param.",
+    )
+    sp.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
+
+    sp = add("eval", cmd_eval, "Evaluate a regime's model on its test split: metrics JSON, per-sample CSV, plots.")
+    sp.add_argument("regime")
+    sp.add_argument("--model")
+    sp.add_argument("--shards")
+    sp.add_argument("--labels")
+    sp.add_argument("--out", help="metrics file (default: metrics/<regime>.json)")
+    sp.add_argument("--eval-dir", help="per-sample CSV and plots (default: eval/<regime>)")
+
+    sp = add("report", cmd_report, "Table (markdown + CSV), plots and HTML across every evaluated regime.")
+    sp.add_argument("--metrics", help="metrics folder (default: metrics)")
+    sp.add_argument("--eval-root", help="per-regime eval folders (default: eval)")
+    sp.add_argument("--out", help="report folder (default: reports)")
+
+    sp = add("regions", cmd_regions, "Print the 6-region vector of texts and/or mask PNGs, one JSON line each.")
+    sp.add_argument("texts", nargs="*", help="report sentences")
+    sp.add_argument("--texts-file", help="file with one text per line")
+    sp.add_argument("--masks", nargs="*", default=[], help="mask PNG paths")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline_src.errors import MedrefError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except MedrefError as e:
+        print(f"medref {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

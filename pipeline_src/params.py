@@ -1,0 +1,127 @@
+"""Typed, validated view of params.yaml.
+
+Each phase package owns the model of its own section (``pipeline_src/<phase>/params.py``);
+this module composes them, checks cross-references (a regime's dataset and method) and
+fails with one clear message naming the key before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline_src.data.params import DatasetParams, PreprocessParams, SplitParams
+from pipeline_src.errors import MedrefError
+from pipeline_src.evaluate.params import EvalParams, ReportParams
+from pipeline_src.labels.params import PseudolabelParams
+from pipeline_src.train.params import TrainParams
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+# Training methods, by name. The implementations live in pipeline_src/train/methods.py;
+# the names are listed here so params can be validated without importing torch.
+METHODS = ("supervised", "image_only", "semi_medref", "mean_teacher", "cutmix_ssl", "meddisseg")
+
+
+class ParamsError(MedrefError):
+    """A params.yaml problem; the message names the file and key."""
+
+
+class BaseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = 1234
+
+
+class RegimeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str
+    fraction: float = Field(gt=0.0, le=1.0)
+    method: str = "supervised"
+    # deep-merged over the ``train`` section for this regime only (ablations)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; known: {', '.join(METHODS)}")
+        return v
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
+
+    base: BaseParams = BaseParams()
+    datasets: dict[str, DatasetParams]
+    preprocess: PreprocessParams = PreprocessParams()
+    pseudolabel: PseudolabelParams = PseudolabelParams()
+    split: SplitParams = SplitParams()
+    regimes: dict[str, RegimeParams]
+    train: TrainParams = TrainParams()
+    eval: EvalParams = EvalParams()
+    report: ReportParams = ReportParams()
+
+    def dataset(self, name: str) -> DatasetParams:
+        if name not in self.datasets:
+            raise ParamsError(f"unknown dataset {name!r}; params.yaml datasets: {', '.join(self.datasets)}")
+        return self.datasets[name]
+
+    def regime(self, name: str) -> RegimeParams:
+        if name not in self.regimes:
+            raise ParamsError(f"unknown regime {name!r}; params.yaml regimes: {', '.join(self.regimes)}")
+        return self.regimes[name]
+
+    def train_for(self, regime: str) -> TrainParams:
+        """The ``train`` section with the regime's overrides merged in (validated)."""
+        r = self.regime(regime)
+        merged = _deep_merge(self.train.model_dump(), r.train)
+        try:
+            return TrainParams.model_validate(merged)
+        except ValidationError as e:
+            raise ParamsError(f"params.yaml: regimes.{regime}.train: {_fmt(e)}") from e
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _fmt(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+
+
+def load_raw(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found (run from the repository root or pass --params)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at top level")
+    return data
+
+
+def load(path: str | Path = DEFAULT_PARAMS) -> Params:
+    raw = load_raw(path)
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(f"{path}: {_fmt(e)}") from e
+    for name, r in params.regimes.items():
+        if r.dataset not in params.datasets:
+            raise ParamsError(f"{path}: regimes.{name}.dataset: unknown dataset {r.dataset!r}")
+        params.train_for(name)  # validates overrides early
+    return params

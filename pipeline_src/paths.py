@@ -1,0 +1,57 @@
+"""Where every stage reads and writes, relative to the repository root.
+
+dvc.yaml, the Snakemake rules and the CLI defaults all use these same paths; a test
+checks that the two engines agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+SHARDS = Path("data/shards")
+LABELS = Path("data/labels")
+SPLITS = Path("data/splits")
+MODELS = Path("models")
+METRICS = Path("metrics")
+EVAL = Path("eval")
+REPORTS = Path("reports")
+# Checkpoints and submitit folders live outside DVC outputs: DVC deletes a stage's outs
+# before it runs, and a resumable run must find its last checkpoint again.
+RUNS = Path("runs")
+
+
+def raw_dir(dataset: str) -> Path:
+    return RAW / dataset
+
+
+def shards_dir(dataset: str) -> Path:
+    return SHARDS / dataset
+
+
+def labels_file(dataset: str) -> Path:
+    return LABELS / f"{dataset}.parquet"
+
+
+def label_metrics_file(dataset: str) -> Path:
+    return METRICS / "labels" / f"{dataset}.json"
+
+
+def split_file(regime: str) -> Path:
+    return SPLITS / f"{regime}.json"
+
+
+def model_dir(regime: str) -> Path:
+    return MODELS / regime
+
+
+def run_dir(regime: str) -> Path:
+    return RUNS / regime
+
+
+def metrics_file(regime: str) -> Path:
+    return METRICS / f"{regime}.json"
+
+
+def eval_dir(regime: str) -> Path:
+    return EVAL / regime

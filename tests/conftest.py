@@ -1,0 +1,29 @@
+"""Shared fixtures.
+
+Real data lives at ../shared/data relative to the repo root. Tests that need it skip with a
+reason when it is absent, except under CI=true, where a missing fixture is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "qata_sample").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the real data fixture is missing at {SHARED_DATA}")
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA

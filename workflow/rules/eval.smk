@@ -1,0 +1,24 @@
+# Evaluation phase: eval@<regime> (dvc.yaml twin).
+
+
+rule eval:
+    message:
+        "evaluate {wildcards.regime}"
+    input:
+        "models/{regime}",
+        shards_of,
+        labels_of,
+        "data/splits/{regime}.json",
+        "pipeline_src/evaluate/evaluate.py",
+        "pipeline_src/evaluate/metrics.py",
+    output:
+        directory("eval/{regime}"),
+        "metrics/{regime}.json",
+    params:
+        eval=config["eval"],
+    log:
+        "logs/eval/{regime}.log",
+    conda:
+        "../envs/medref.yaml"
+    shell:
+        "medref eval {wildcards.regime} > {log} 2>&1"

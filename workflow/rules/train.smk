@@ -1,0 +1,31 @@
+# Training phase: train@<regime> (dvc.yaml twin). A local rule under every profile:
+# `medref train` owns GPU submission itself (submitit, MEDREF_LAUNCHER=slurm), so the
+# same command runs under `dvc repro` and `snakemake --profile slurm`.
+
+
+localrules:
+    train,
+
+
+rule train:
+    message:
+        "train {wildcards.regime}"
+    input:
+        shards_of,
+        labels_of,
+        "data/splits/{regime}.json",
+        "pipeline_src/models",
+        "pipeline_src/train/train.py",
+        "pipeline_src/train/methods.py",
+    output:
+        directory("models/{regime}"),
+    params:
+        base=config["base"],
+        train=config["train"],
+        regime=lambda w: config["regimes"][w.regime],
+    log:
+        "logs/train/{regime}.log",
+    conda:
+        "../envs/medref.yaml"
+    shell:
+        "medref train {wildcards.regime} > {log} 2>&1"
