@@ -1,0 +1,123 @@
+"""Stage ``pseudolabel@<dataset>``: 6-region position labels from the text and from the masks, + agreement.
+
+    medref pseudolabel qata        # data/shards/qata -> data/labels/qata.parquet + metrics/labels/qata.json
+
+Writes one row per shard row (every split), columns as in docs/CONTRACT.md: ``text_regions`` (null = the text
+does not say where), ``mask_regions`` (null = empty mask), ``n_areas``, ``position_spans`` (for PosAug).
+The agreement report compares text and mask per split: per-region precision/recall (mask as the prediction,
+text as the reference), side-level agreement, exact 6-region match, and the text coverage/unknown rate.
+The Parquet bytes are deterministic (fixed row groups and compression, rows in shard order = sorted ids).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline_src.labels.mask_regions import agreement, mask_to_regions
+from pipeline_src.labels.text_parser import REGIONS, parse
+from pipeline_src.utils.io import atomic_file, write_json
+
+ROW_GROUP_SIZE = 4096
+PARAMS_KEYS = ["pseudolabel"]
+
+
+def schema():
+    import pyarrow as pa
+
+    regions = pa.list_(pa.int8(), 6)
+    return pa.schema([
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("text", pa.string()),
+        ("text_regions", regions),
+        ("mask_regions", regions),
+        ("n_areas", pa.int32()),
+        ("position_spans", pa.list_(pa.list_(pa.int32(), 2))),
+    ])
+
+
+def label_split(table, pp: dict) -> dict[str, list]:
+    """Columns of the labels table for one split's shard table (id, split, text, image, mask, height, width)."""
+    from pipeline_src.data.dataset import decode_images, decode_masks
+
+    n = table.num_rows
+    cols: dict[str, list] = {k: [] for k in schema().names}
+    if n == 0:
+        return cols
+    images, masks = decode_images(table), decode_masks(table)
+    for i, (id_, split, text) in enumerate(
+        zip(table["id"].to_pylist(), table["split"].to_pylist(), table["text"].to_pylist(), strict=True)
+    ):
+        p = parse(text or "")
+        cols["id"].append(id_)
+        cols["split"].append(split)
+        cols["text"].append(text)
+        cols["text_regions"].append(None if p.regions is None else list(p.regions))
+        mr = mask_to_regions(masks[i], images[i], **pp)
+        cols["mask_regions"].append(None if mr is None else list(mr))
+        cols["n_areas"].append(p.n_areas)
+        cols["position_spans"].append([list(s) for s in p.spans])
+    return cols
+
+
+def report(cols: dict[str, list]) -> dict:
+    """Agreement of mask-derived with text-derived regions for one split (or all rows)."""
+    n = len(cols["id"])
+    t, m = cols["text_regions"], cols["mask_regions"]
+    both = [i for i in range(n) if t[i] is not None and m[i] is not None]
+    ag = agreement(np.array([m[i] for i in both]), np.array([t[i] for i in both]))
+    out = {
+        "rows": n,
+        "text_known": sum(x is not None for x in t),
+        "coverage": round(sum(x is not None for x in t) / n, 4) if n else None,
+        "unknown_rate": round(sum(x is None for x in t) / n, 4) if n else None,
+        "mask_empty": sum(x is None for x in m),
+        "n_areas_known": sum(x is not None for x in cols["n_areas"]),
+    }
+    d = ag.as_dict()
+    out.update({"compared": d["n"], "side_agreement": d["side"], "exact_match": d["exact"]})
+    out["per_region"] = {
+        name: {"precision": _num(d["precision"][k]), "recall": _num(d["recall"][k])} for k, name in enumerate(REGIONS)
+    }
+    return out
+
+
+def _num(x: float) -> float | None:
+    return None if x != x else x  # NaN (no positives) -> null: JSON has no NaN
+
+
+def run(params, dataset: str, shards_dir: Path, out_file: Path, metrics_file: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline_src import provenance
+    from pipeline_src.data.dataset import load_manifest, read_table
+
+    manifest = load_manifest(shards_dir)
+    pp = params.pseudolabel.model_dump()
+    all_cols: dict[str, list] = {k: [] for k in schema().names}
+    per_split = {}
+    for split in sorted(manifest["splits"]):
+        table = read_table(shards_dir, split, columns=["id", "split", "text", "image", "mask", "height", "width"])
+        cols = label_split(table, pp)
+        per_split[split] = report(cols)
+        for k in all_cols:
+            all_cols[k].extend(cols[k])
+
+    out = pa.table(all_cols, schema=schema())
+    with atomic_file(out_file, "wb") as f:
+        # fixed row groups, compression and no statistics-dependent options: same inputs -> same bytes
+        pq.write_table(out, f, row_group_size=ROW_GROUP_SIZE, compression="zstd", compression_level=3)
+
+    metrics = {
+        "dataset": dataset,
+        "regions": list(REGIONS),
+        "all": report(all_cols),
+        "splits": per_split,
+        "provenance": provenance.block(
+            {"pseudolabel": pp}, PARAMS_KEYS, {"manifest": Path(shards_dir) / "manifest.json"}
+        ),
+    }
+    write_json(metrics_file, metrics)
