@@ -8,11 +8,20 @@ from pydantic import BaseModel, ConfigDict, Field
 class EvalParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    threshold: float = Field(0.5, gt=0, lt=1)
+    threshold: float = Field(0.5, gt=0, lt=1)  # probability -> mask
     batch_size: int = Field(32, ge=1)
+    # post-processing: drop 8-connected predicted components smaller than this many pixels (0 = off)
+    min_component_size: int = Field(0, ge=0)
+    # normalised surface Dice: boundary points within this many pixels count as matched
+    nsd_tolerance: float = Field(2.0, gt=0)
+    # image->text retrieval score when the predictor has .embed (text-guided models)
+    alignment: bool = True
+    # overlays saved per kind (best / median / worst) in eval/<regime>/overlays/
+    overlays_per_kind: int = Field(1, ge=0)
 
 
 class ReportParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # overlay figures shown per regime in reports/ (taken best, median, worst, then the next rank)
     n_overlays: int = Field(3, ge=0)

@@ -1,0 +1,305 @@
+"""eval@<regime>: batch inference on the regime's evaluation split, metrics, per-sample CSV, plots.
+
+    medref eval qata_10pct     # metrics/qata_10pct.json + eval/qata_10pct/
+
+The evaluation split is ``test`` when the shards have test rows, else ``val`` (CONTRACT.md; the real
+QaTa sample ships no test images). :func:`evaluate_predictor` is the one inference+metrics loop:
+training calls it for validation (``distances=False`` skips the slow surface metrics), so the
+numbers a run selects checkpoints by are computed exactly like the reported ones.
+
+eval/<regime>/ holds per_sample.csv, dice_hist.png, overlays/<kind>_<k>.png for the best, median and
+worst samples, and samples.npz (those samples' image, mask, prediction, text) so that ``report``
+never needs a model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline_src.errors import MedrefError
+from pipeline_src.evaluate import metrics as M
+from pipeline_src.evaluate import plots
+from pipeline_src.utils.io import atomic_dir, write_json
+
+OVERLAY_KINDS = ("best", "median", "worst")
+
+
+def read_regions(labels_file: Path) -> dict[str, tuple[int, ...] | None]:
+    """id -> the 6 text-named regions (None when the text names none we can parse)."""
+    import pyarrow.parquet as pq
+
+    labels_file = Path(labels_file)
+    if not labels_file.exists():
+        raise MedrefError(f"{labels_file}: labels file not found (run `medref pseudolabel` first)")
+    t = pq.read_table(labels_file, columns=["id", "text_regions"]).to_pydict()
+    return {
+        i: (tuple(int(v) for v in r) if r is not None else None)
+        for i, r in zip(t["id"], t["text_regions"], strict=True)
+    }
+
+
+def _region_matrix(ids: Sequence[str], regions: Mapping[str, tuple[int, ...] | None] | None) -> np.ndarray | None:
+    if regions is None:
+        return None
+    unknown = (-1,) * len(M.REGIONS)
+    return np.array([regions.get(i) or unknown for i in ids], dtype=np.int64).reshape(-1, len(M.REGIONS))
+
+
+def evaluate_predictor(
+    predictor: Any,
+    dataset: Any,
+    *,
+    threshold: float = 0.5,
+    batch_size: int = 32,
+    min_component_size: int = 0,
+    nsd_tolerance: float = 2.0,
+    distances: bool = True,
+    regions: Mapping[str, tuple[int, ...] | None] | None = None,
+    alignment: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+    on_batch: Callable[..., None] | None = None,
+) -> tuple[dict, Any]:
+    """Run ``predictor.predict`` over ``dataset`` (items as ShardDataset's) and score the predictions.
+
+    Returns ``(summary, per_sample)``: the summary dict of :func:`metrics.summarize` (plus ``alignment``
+    when asked and the predictor has ``.embed``) and a pandas DataFrame with one row per sample.
+    ``on_batch(ids, images, gts, probs, preds)`` sees every batch as numpy arrays (overlays, logging).
+    """
+    import pandas as pd
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    device = getattr(predictor, "device", "cpu")
+    acc = M.Accumulator(nsd_tolerance=nsd_tolerance, distances=distances)
+    want_embed = alignment and callable(getattr(predictor, "embed", None))
+    img_embs: list[np.ndarray] = []
+    txt_embs: list[np.ndarray] = []
+    # Fixed order, no workers: per_sample.csv rows follow the dataset order, run to run.
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            images = batch["image"].to(device)
+            texts = list(batch["text"])
+            probs = predictor.predict(images, texts).detach().float().cpu().numpy()
+            preds = M.postprocess(probs, threshold, min_component_size)
+            gts = batch["mask"].numpy()[:, 0].astype(np.uint8)
+            acc.update(preds, gts, list(batch["id"]), texts)
+            if want_embed:
+                ie, te = predictor.embed(images, texts)
+                if te is None:  # image-only models have no text tower: nothing to align
+                    want_embed = False
+                else:
+                    img_embs.append(ie.detach().float().cpu().numpy())
+                    txt_embs.append(te.detach().float().cpu().numpy())
+            if on_batch is not None:
+                on_batch(list(batch["id"]), batch["image"].numpy()[:, 0], gts, probs[:, 0], preds)
+    rows = acc.rows
+    reg = _region_matrix(acc.ids, regions)
+    summary = M.summarize(rows, reg)
+    if want_embed and img_embs:
+        summary["alignment"] = alignment_scores(np.concatenate(img_embs), np.concatenate(txt_embs), acc.texts, reg)
+    df = pd.DataFrame({"id": acc.ids, "text": acc.texts, **rows})
+    if reg is not None:
+        df["text_regions"] = ["" if (r < 0).any() else "".join(map(str, r)) for r in reg]
+    return summary, df
+
+
+def alignment_scores(img: np.ndarray, txt: np.ndarray, texts: Sequence[str], regions: np.ndarray | None) -> dict:
+    """Image->text retrieval among the evaluation set, with its chance level.
+
+    top1: the nearest text (cosine) is the sample's own text; identical texts count as the same
+    (QaTa repeats report sentences verbatim). region_agreement: the retrieved text names the same
+    6-region set (samples with unknown regions are left out).
+    """
+    img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
+    txt = txt / np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
+    nn = np.argmax(img @ txt.T, axis=1)
+    t = np.asarray(texts, dtype=object)
+    same_text = t[:, None] == t[None, :]
+    out = {
+        "n": len(t),
+        "top1": float(np.mean(t[nn] == t)),
+        "top1_chance": float(same_text.mean()),
+        "region_agreement": None,
+        "region_agreement_chance": None,
+    }
+    if regions is not None:
+        known = ~(regions < 0).any(axis=1)
+        sel = known & known[nn]
+        if sel.any():
+            same = (regions[:, None, :] == regions[None, :, :]).all(axis=2)
+            out["region_agreement"] = float(np.mean(same[np.arange(len(t)), nn][sel]))
+            out["region_agreement_chance"] = float(same[np.ix_(known, known)].mean())
+    return out
+
+
+def select_overlays(per_sample, k: int) -> list[tuple[str, int, int]]:
+    """(kind, rank, row index) of the best, median and worst samples by Dice.
+
+    Samples whose ground truth is empty are skipped when any is not: an empty image scored 1.0 is
+    not what a reader wants to see as "best".
+    """
+    if k <= 0 or per_sample.empty:
+        return []
+    cand = per_sample[per_sample["gt_pixels"] > 0]
+    if cand.empty:
+        cand = per_sample
+    # per_sample has a RangeIndex (row = dataset position); a stable sort by (dice, id) breaks ties
+    # the same way every run
+    order = cand.sort_values(["dice", "id"], kind="mergesort").index.to_numpy()
+    n = len(order)
+    mid = n // 2
+    picks = {
+        "best": order[::-1][:k],
+        "median": order[max(0, mid - k // 2) : max(0, mid - k // 2) + k],
+        "worst": order[:k],
+    }
+    return [(kind, r, int(i)) for kind in OVERLAY_KINDS for r, i in enumerate(picks[kind])]
+
+
+def _load_predictor(model_dir: Path, device: str):
+    # Imported here: the train package (torch, timm, open_clip) is heavy and owned by another phase.
+    from pipeline_src.train.checkpoint import load_predictor
+
+    return load_predictor(model_dir, device=device)
+
+
+def run(
+    params, regime: str, model_dir: Path, shards_dir: Path, labels_file: Path, metrics_file: Path, out_dir: Path
+) -> dict:
+    """Evaluate ``models/<regime>`` and write ``metrics/<regime>.json`` and ``eval/<regime>/``."""
+    import torch
+
+    from pipeline_src.data.dataset import ShardDataset, eval_split
+
+    model_dir, shards_dir, labels_file = Path(model_dir), Path(shards_dir), Path(labels_file)
+    if not (model_dir / "model.pt").exists():
+        raise MedrefError(f"{model_dir}/model.pt: no trained model (run `medref train {regime}` first)")
+    r = params.regime(regime)
+    ep = params.eval
+    split = eval_split(shards_dir)
+    regions = read_regions(labels_file)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = _load_predictor(model_dir, device)
+    dataset = ShardDataset(shards_dir, split)
+    if len(dataset) == 0:
+        raise MedrefError(f"{shards_dir}: the {split!r} split has no rows; nothing to evaluate")
+
+    # Keep predictions bit-packed (N*H*W/8 bytes) so overlays can be drawn after ranking.
+    packed: list[np.ndarray] = []
+    shape: list[tuple[int, int]] = []
+
+    def keep(ids, images, gts, probs, preds):
+        shape[:] = [preds.shape[1:]]
+        packed.extend(np.packbits(p.astype(bool)) for p in preds)
+
+    summary, per_sample = evaluate_predictor(
+        predictor,
+        dataset,
+        threshold=ep.threshold,
+        batch_size=ep.batch_size,
+        min_component_size=ep.min_component_size,
+        nsd_tolerance=ep.nsd_tolerance,
+        distances=True,
+        regions=regions,
+        alignment=ep.alignment,
+        desc=f"eval {regime} ({split})",
+        on_batch=keep,
+    )
+
+    metrics = {
+        "regime": regime,
+        "dataset": r.dataset,
+        "method": r.method,
+        "fraction": r.fraction,
+        "eval_split": split,
+        **summary,
+        "eval_params": ep.model_dump(mode="json"),
+        "provenance": _provenance(params, regime, model_dir, shards_dir, labels_file, device),
+    }
+    with atomic_dir(out_dir) as tmp:
+        per_sample.to_csv(tmp / "per_sample.csv", index=False, float_format="%.6g")
+        plots.dice_histogram(
+            per_sample["dice"].to_numpy(),
+            summary["dice_global"],
+            tmp / "dice_hist.png",
+            f"{regime}: per-image Dice on {split} (n={summary['n']})",
+        )
+        _write_overlays(tmp, dataset, per_sample, packed, shape, ep.overlays_per_kind, regime)
+    write_json(metrics_file, metrics)
+    return metrics
+
+
+def _write_overlays(out: Path, dataset, per_sample, packed, shape, k: int, regime: str) -> None:
+    picks = select_overlays(per_sample, k)
+    if not picks:
+        return
+    h, w = shape[0]
+    images, gts, preds, meta = [], [], [], []
+    for kind, rank, i in picks:
+        item = dataset[i]
+        if item["id"] != per_sample["id"].iloc[i]:  # the dataset order must be the inference order
+            raise RuntimeError(f"dataset row {i} is {item['id']!r}, inference saw {per_sample['id'].iloc[i]!r}")
+        img = (item["image"].numpy()[0] * 255).round().astype(np.uint8)
+        gt = item["mask"].numpy()[0].astype(np.uint8)
+        pred = np.unpackbits(packed[i])[: h * w].reshape(h, w)
+        row = per_sample.iloc[i]
+        title = f"{regime} · {kind} #{rank + 1} · {row['id']} · Dice {row['dice']:.3f} · IoU {row['iou']:.3f}"
+        plots.overlay(img, gt, pred, row["text"], title, out / "overlays" / f"{kind}_{rank}.png")
+        images.append(img)
+        gts.append(gt)
+        preds.append(pred)
+        meta.append((kind, rank, row["id"], row["text"], float(row["dice"])))
+    _save_npz(
+        out / "samples.npz",
+        kind=np.array([m[0] for m in meta]),
+        rank=np.array([m[1] for m in meta]),
+        id=np.array([m[2] for m in meta]),
+        text=np.array([m[3] for m in meta]),
+        dice=np.array([m[4] for m in meta]),
+        image=np.stack(images),
+        mask=np.stack(gts),
+        pred=np.stack(preds),
+    )
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez_compressed with fixed zip timestamps: numpy stamps the current time, and the same inputs
+    must give the same bytes (DESIGN.md). Readable with np.load."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in sorted(arrays.items()):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as f:
+                np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
+
+
+def _provenance(params, regime: str, model_dir: Path, shards_dir: Path, labels_file: Path, device: str) -> dict:
+    from pipeline_src import provenance
+
+    # The digest covers the validated params this stage read (defaults filled in), so a default
+    # that changes in code changes the digest too.
+    raw = params.model_dump(mode="json")
+    keys = ["base", "eval", f"regimes.{regime}"]
+    extra = {}
+    train_prov = model_dir / "provenance.json"
+    if train_prov.exists():
+        tp = json.loads(train_prov.read_text())
+        # what trained the model: its commit, params and data (split) digests
+        extra["train"] = {k: tp.get(k) for k in ("git", "params_digest", "inputs")}
+    return provenance.block(
+        raw,
+        keys,
+        {"model": model_dir / "model.pt", "shards": shards_dir, "labels": labels_file},
+        device=device,
+        extra=extra,
+    )
