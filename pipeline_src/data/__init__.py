@@ -1,1 +1,1 @@
-"""data phase."""
+"""Data phase: download (or synthesise) raw datasets, preprocess them into Parquet shards, label splits."""

@@ -1,0 +1,221 @@
+"""download@<dataset>: fetch/verify/extract (or synthesise) a dataset into one normalised raw layout.
+
+    medref download qata            # -> data/raw/qata/  (params: datasets.qata.{kind,source,sha256,synthetic})
+
+Sources (``datasets.<ds>.source``; relative paths are resolved against the current directory = repo root):
+  synthetic            pipeline_src/data/synthetic.py writes the real layout of ``kind``, then it is ingested
+  <folder>             an extracted release in any layout pipeline_src/data/layouts.py accepts
+  <file>.zip|.tar[.gz] extracted safely (absolute paths, ``..`` members, links and devices are rejected)
+  https://...          never fetched (no network): the user places the file at data/downloads/<name>; it is
+                       verified against the pinned ``datasets.<ds>.sha256`` and then treated as an archive
+
+Normalised raw layout (what preprocess reads):
+  data/raw/<ds>/{train,val,test}/{images,masks}/<id><ext>   copies of the source files
+  data/raw/<ds>/pairs.csv       split,id,image,mask,text,has_text,source_image,source_mask (sorted by split, id)
+  data/raw/<ds>/checksums.json  source digest + sha256 of every file above; re-running with the same source and
+                                an intact raw folder is a no-op
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from pipeline_src.data import layouts, synthetic
+from pipeline_src.errors import MedrefError
+from pipeline_src.utils.io import atomic_dir, sha256_file, sha256_json, sha256_tree, write_json
+
+DOWNLOADS = Path("data/downloads")
+# bump when the synthetic generator's output changes, so cached raw folders are regenerated
+GENERATOR_VERSION = 1
+PAIRS_COLUMNS = ("split", "id", "image", "mask", "text", "has_text", "source_image", "source_mask")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def _log(msg: str) -> None:
+    print(f"[download] {msg}", flush=True)
+
+
+def _is_archive(p: Path) -> bool:
+    return any(p.name.lower().endswith(s) for s in ARCHIVE_SUFFIXES)
+
+
+def _check_member(name: str, archive: Path) -> None:
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise MedrefError(f"{archive}: unsafe archive member {name!r}: absolute path")
+    if ".." in p.parts:
+        raise MedrefError(f"{archive}: unsafe archive member {name!r}: '..' escapes the extraction folder")
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract ``archive`` into ``dest``; any unsafe member is an error and nothing is extracted."""
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                _check_member(info.filename, archive)
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise MedrefError(f"{archive}: unsafe archive member {info.filename!r}: symbolic link")
+            z.extractall(dest)
+        return
+    try:
+        tf = tarfile.open(archive)
+    except tarfile.TarError as e:
+        raise MedrefError(f"{archive}: not a readable tar archive: {e}") from e
+    with tf:
+        members = tf.getmembers()
+        for m in members:
+            _check_member(m.name, archive)
+            if m.issym() or m.islnk():
+                # links could point outside dest or at files we then overwrite; real releases have none
+                raise MedrefError(f"{archive}: unsafe archive member {m.name!r}: link to {m.linkname!r}")
+            if not (m.isfile() or m.isdir()):
+                raise MedrefError(f"{archive}: unsafe archive member {m.name!r}: not a regular file or folder")
+        # filter="data" is a second line of defence (strips modes/owners, refuses anything odd)
+        tf.extractall(dest, members=members, filter="data")
+
+
+def _single_root(d: Path) -> Path:
+    """Descend through a lone top-level folder (archives usually wrap the release in one)."""
+    entries = [p for p in d.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    while len(entries) == 1 and entries[0].is_dir():
+        d = entries[0]
+        entries = [p for p in d.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    return d
+
+
+def verify_sha256(path: Path, expected: str | None, key: str) -> str:
+    actual = sha256_file(path)
+    if expected is not None and actual != expected.lower():
+        raise MedrefError(f"{path}: checksum mismatch: sha256 {actual}, but {key} pins {expected}; "
+                          "the file is corrupt, truncated or a different release")
+    return actual
+
+
+def resolve_source(dp, dataset: str) -> tuple[str, Path | None, str]:
+    """(type, path, digest of the source) for ``datasets.<dataset>``; verifies pinned checksums."""
+    src = dp.source
+    key = f"datasets.{dataset}.sha256"
+    if src == "synthetic":
+        return "synthetic", None, sha256_json({"generator": GENERATOR_VERSION, "kind": dp.kind,
+                                               "synthetic": dp.synthetic.model_dump()})
+    if src.startswith(("http://", "https://")):
+        name = src.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or f"{dataset}.zip"
+        placed = DOWNLOADS / name
+        if dp.sha256 is None:
+            raise MedrefError(f"datasets.{dataset}.source is a URL ({src}) but {key} is not set: pin the sha256 of the "
+                              "file so a download can be verified")
+        if not placed.is_file():
+            raise MedrefError(f"datasets.{dataset}.source {src} cannot be fetched here (no network): download it and "
+                              f"place it at {placed.resolve()} (expected sha256 {dp.sha256}), then re-run "
+                              f"`medref download {dataset}`")
+        return "archive", placed, verify_sha256(placed, dp.sha256, key)
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise MedrefError(f"datasets.{dataset}.source: {path.resolve()} does not exist (relative paths are resolved "
+                          f"against the current directory {Path.cwd()})")
+    if path.is_dir():
+        return "folder", path, sha256_tree(path)
+    if _is_archive(path):
+        return "archive", path, verify_sha256(path, dp.sha256, key)
+    raise MedrefError(f"datasets.{dataset}.source: {path} is neither a folder nor a .zip/.tar(.gz) archive")
+
+
+def _up_to_date(out_dir: Path, source_digest: str) -> bool:
+    ck = out_dir / "checksums.json"
+    if not ck.is_file():
+        return False
+    import json
+
+    try:
+        old = json.loads(ck.read_text())
+    except ValueError:
+        return False
+    if old.get("source_digest") != source_digest:
+        return False
+    files = old.get("files", {})
+    on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()} - {"checksums.json"}
+    if on_disk != set(files):
+        return False
+    return all(sha256_file(out_dir / rel) == h for rel, h in files.items())
+
+
+def normalise(pairs: list[layouts.Pair], src_root: Path, dest: Path, progress: bool = True) -> list[dict]:
+    """Copy every pair into ``dest``'s one layout and write pairs.csv; returns the rows."""
+    from tqdm import tqdm
+
+    rows = []
+    for p in tqdm(pairs, desc="normalise", disable=not progress or len(pairs) < 2000):
+        img_rel = f"{p.split}/images/{p.id}{p.image.suffix.lower()}"
+        (dest / img_rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p.image, dest / img_rel)
+        mask_rel = ""
+        if p.mask is not None:
+            mask_rel = f"{p.split}/masks/{p.id}{p.mask.suffix.lower()}"
+            (dest / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p.mask, dest / mask_rel)
+        rows.append({
+            "split": p.split, "id": p.id, "image": img_rel, "mask": mask_rel,
+            "text": p.text or "", "has_text": int(p.text is not None),
+            "source_image": p.image.relative_to(src_root).as_posix(),
+            "source_mask": p.mask.relative_to(src_root).as_posix() if p.mask is not None else "",
+        })
+    with open(dest / "pairs.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=PAIRS_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def read_pairs(raw_dir: Path) -> list[dict]:
+    f = raw_dir / "pairs.csv"
+    if not f.is_file():
+        raise MedrefError(f"{f}: not found; run `medref download <dataset>` first")
+    with open(f, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run(params, dataset: str, out_dir: Path) -> Path:
+    """Bring ``dataset`` (per params) into ``out_dir`` in the normalised layout; a no-op when up to date."""
+    dp = params.dataset(dataset)
+    kind_src, path, source_digest = resolve_source(dp, dataset)
+    out_dir = Path(out_dir)
+    if _up_to_date(out_dir, source_digest):
+        _log(f"{out_dir} is up to date with {dp.source} (checksums match); nothing to do")
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src.", dir=out_dir.parent) as tmp:
+        if kind_src == "synthetic":
+            sp = dp.synthetic
+            root = synthetic.generate(Path(tmp), dp.kind, n_train=sp.n_train, n_val=sp.n_val, n_test=sp.n_test,
+                                      image_size=sp.image_size, seed=sp.seed, max_distractors=sp.max_distractors,
+                                      size=sp.size)
+        elif kind_src == "archive":
+            assert path is not None
+            _log(f"extracting {path}")
+            safe_extract(path, Path(tmp))
+            root = _single_root(Path(tmp))
+        else:
+            assert path is not None
+            root = path
+        pairs = layouts.read_layout(dp.kind, root)
+        with atomic_dir(out_dir) as dest:
+            normalise(pairs, root, dest)
+            files = {p.relative_to(dest).as_posix(): sha256_file(p) for p in sorted(dest.rglob("*")) if p.is_file()}
+            write_json(dest / "checksums.json", {
+                "dataset": dataset, "kind": dp.kind, "source": dp.source, "source_digest": source_digest,
+                "n_pairs": len(pairs), "files": files, "digest": sha256_json(files),
+            })
+    counts = {s: sum(p.split == s for p in pairs) for s in layouts.SPLITS}
+    _log(f"{dataset}: {len(pairs)} pairs {counts} -> {out_dir}")
+    return out_dir
+
+
+if __name__ == "__main__":  # pragma: no cover - use `medref download`
+    raise SystemExit("use: medref download <dataset>")

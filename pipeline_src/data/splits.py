@@ -1,0 +1,60 @@
+"""split@<regime>: the seeded, nested selection of labelled training ids for a label regime.
+
+    medref split qata_10pct         # data/shards/qata/manifest.json -> data/splits/qata_10pct.json
+
+Train ids are ordered by sha256("<split.seed>:<id>"), a seeded permutation that does not depend on numpy's RNG
+(stable across versions) nor on which other ids exist; fraction f labels the first ``max(1, round_half_up(f*N))``.
+The order is the same for every fraction, so the 5 % labelled set is inside the 10 % set. On full QaTa
+(N = 5716): 1 % -> 57, 2 % -> 114, 5 % -> 286, 15 % -> 857 (the Semi-MedRef convention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+from pipeline_src.data.dataset import eval_split, load_manifest, read_table
+from pipeline_src.errors import MedrefError
+from pipeline_src.utils.io import sha256_json, write_json
+
+
+def n_labelled(fraction: float, n: int) -> int:
+    # half-up (not Python's banker's round) so k never depends on float-to-even ties; 1e-9 absorbs f*N error
+    return max(1, min(n, math.floor(fraction * n + 0.5 + 1e-9)))
+
+
+def order(ids: list[str], seed: int) -> list[str]:
+    return sorted(sorted(ids), key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).digest())
+
+
+def select(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(labelled, unlabelled), each sorted."""
+    o = order(ids, seed)
+    k = n_labelled(fraction, len(o))
+    return sorted(o[:k]), sorted(o[k:])
+
+
+def run(params, regime: str, shards_dir: Path, out_file: Path) -> dict:
+    r = params.regime(regime)
+    seed = params.split.seed
+    ids = read_table(shards_dir, "train", ["id"])["id"].to_pylist()
+    if not ids:
+        raise MedrefError(f"{shards_dir}: the train split has no rows; cannot select labelled ids for {regime}")
+    labelled, unlabelled = select(ids, r.fraction, seed)
+    out = {
+        "regime": regime,
+        "dataset": r.dataset,
+        "fraction": r.fraction,
+        "seed": seed,
+        "n_train": len(ids),
+        "labelled": labelled,
+        "unlabelled": unlabelled,
+        "eval_split": eval_split(shards_dir),
+        "shards_digest": load_manifest(shards_dir)["digest"],
+    }
+    out["digest"] = sha256_json(out)
+    write_json(out_file, out)
+    print(f"[split] {regime}: {len(labelled)}/{len(ids)} labelled (seed {seed}), eval on {out['eval_split']} -> {out_file}",
+          flush=True)
+    return out
