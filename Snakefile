@@ -1,11 +1,20 @@
 # medref pipeline for Snakemake: `snakemake --profile slurm all` (or --profile local).
 # The rules are thin maps over the `medref` CLI, mirroring dvc.yaml stage by stage.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "params.yaml"
+
+
+# The slurm profile sets `config: [launcher=slurm]`: `medref train` (a local rule) then submits
+# itself through submitit. An exported MEDREF_LAUNCHER still wins. Not a param of any rule, so
+# where training ran never triggers a re-run.
+if config.get("launcher"):
+    os.environ.setdefault("MEDREF_LAUNCHER", str(config["launcher"]))
 
 
 include: "workflow/rules/common.smk"
