@@ -129,6 +129,21 @@ def cmd_regions(args: argparse.Namespace) -> None:
     regions_cli.main(texts=args.texts, texts_file=args.texts_file, masks=args.masks)
 
 
+def cmd_verify(args: argparse.Namespace) -> None:
+    from pipeline_src import verify
+
+    if not verify.verify(args.regime, keep=args.keep):
+        raise SystemExit(1)
+
+
+def cmd_provenance(args: argparse.Namespace) -> None:
+    import json
+
+    from pipeline_src import verify
+
+    print(json.dumps(verify.provenance(args.regime), indent=2, sort_keys=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medref", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
@@ -192,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("texts", nargs="*", help="report sentences")
     sp.add_argument("--texts-file", help="file with one text per line")
     sp.add_argument("--masks", nargs="*", default=[], help="mask PNG paths")
+    sp = add("verify", cmd_verify, "Re-run a regime's chain from scratch and check every hash against dvc.lock.")
+    sp.add_argument("regime")
+    sp.add_argument("--keep", action="store_true", help="keep the scratch clone for inspection")
+
+    sp = add("provenance", cmd_provenance, "Print the provenance blocks of a regime's model and metrics.")
+    sp.add_argument("regime")
     return ap
 
 

@@ -26,7 +26,8 @@ def git_state(cwd: str | Path = ".") -> dict[str, Any]:
         ).stdout.strip()
         dirty = bool(
             subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
+                # dvc.lock is rewritten by `dvc repro` itself while the pipeline runs
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock"],
                 cwd=cwd,
                 capture_output=True,
                 text=True,

@@ -1,6 +1,6 @@
 """Positional pseudo-labels: text parser, flip, mask rule, agreement on the real sample, `medref regions`.
 
-    .venv/bin/pytest tests/test_labels.py -q
+.venv/bin/pytest tests/test_labels.py -q
 """
 
 from __future__ import annotations
@@ -29,41 +29,70 @@ def vec(*idx: int) -> tuple[int, ...]:
 
 CASES = [
     ("Bilateral pulmonary infection, two infected areas, all left lung and all right lung.", vec(0, 1, 2, 3, 4, 5), 2),
-    ("Bilateral pulmonary infection, two infected areas, all left lung and middle lower right lung.",
-     vec(LU, LM, LL, RM, RL), 2),
-    ("Bilateral pulmonary infection, two infected areas, upper middle lower left lung and lower right lung.",
-     vec(LU, LM, LL, RL), 2),
+    (
+        "Bilateral pulmonary infection, two infected areas, all left lung and middle lower right lung.",
+        vec(LU, LM, LL, RM, RL),
+        2,
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, upper middle lower left lung and lower right lung.",
+        vec(LU, LM, LL, RL),
+        2,
+    ),
     ("Unilateral pulmonary infection, one infected area, middle left lung.", vec(LM), 1),
     ("Unilateral pulmonary infection, one infected areas, lower right lung.", vec(RL), 1),
-    ("Bilateral pulmonary infection, three infected areas, upper lower left lung and upper lower right lung.",
-     vec(LU, LL, RU, RL), 3),
+    (
+        "Bilateral pulmonary infection, three infected areas, upper lower left lung and upper lower right lung.",
+        vec(LU, LL, RU, RL),
+        3,
+    ),
     ("Bilateral pulmonary infection,two infected areas,lower left and lower right lung.", vec(LL, RL), 2),
     ("Bilateral pulmonary infection, two infected areas, left lung and middle right lung.", vec(LU, LM, LL, RM), 2),
     # typos and glued words seen in the real CSVs
     ("Unilateral pulmonary infection, oneinfected areas, lower left lung.", vec(LL), 1),
-    ("Bilateral pulmonary infection, threeinfected areas, lower left lung and middle lower right lung.",
-     vec(LL, RM, RL), 3),
-    ("Bilateral pulmonary infection, two infected areas, upper midlle left lung and lower right lung.",
-     vec(LU, LM, RL), 2),
-    ("Bilateral pulmonary infection, two infected areas, middle lwoer left lung and middle lower right lung.",
-     vec(LM, LL, RM, RL), 2),
+    (
+        "Bilateral pulmonary infection, threeinfected areas, lower left lung and middle lower right lung.",
+        vec(LL, RM, RL),
+        3,
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, upper midlle left lung and lower right lung.",
+        vec(LU, LM, RL),
+        2,
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, middle lwoer left lung and middle lower right lung.",
+        vec(LM, LL, RM, RL),
+        2,
+    ),
     ("Bilateral pulmonary infection, two infected areas, lower left lung and lowerright lung.", vec(LL, RL), 2),
-    ("Bilateral pulmonary infection, two infected areas, all  left lung and lower right lung.",
-     vec(LU, LM, LL, RL), 2),
+    ("Bilateral pulmonary infection, two infected areas, all  left lung and lower right lung.", vec(LU, LM, LL, RL), 2),
     ("Unilateral pulmonary infection, one infected area, middle right ung.", vec(RM), 1),
     ("Unilateral pulmonary infection, one infected area, middle lower leflung.", vec(LM, LL), 1),
-    ("Bilateral pulmonary infection, nine infected areas, middle left lung and all right lung..",
-     vec(LM, RU, RM, RL), 9),
+    (
+        "Bilateral pulmonary infection, nine infected areas, middle left lung and all right lung..",
+        vec(LM, RU, RM, RL),
+        9,
+    ),
     ("Bilateral pulmonary infection, two one infected area, lower left lung and lower right lung.", vec(LL, RL), 1),
     ("Bilateral pulmonary infection, thrr infected areas, all left lung and all right lung.", vec(0, 1, 2, 3, 4, 5), 3),
     ("Bilateral pulmonary infection, two infected areas, higher left lung and higher right lung.", vec(LU, RU), 2),
     # a sideless phrase takes the side opposite its partner
-    ("Bilateral pulmonary infection, two infected areas, all lung and middle lower right lung.",
-     vec(LU, LM, LL, RM, RL), 2),
-    ("Bilateral pulmonary infection, two infected areas, all left lung and upper lower lung.",
-     vec(LU, LM, LL, RU, RL), 2),
-    ("Bilateral pulmonary infection, two infected areas, lower left lung and upper middle l right lung.",
-     vec(LL, RU, RM), 2),
+    (
+        "Bilateral pulmonary infection, two infected areas, all lung and middle lower right lung.",
+        vec(LU, LM, LL, RM, RL),
+        2,
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, all left lung and upper lower lung.",
+        vec(LU, LM, LL, RU, RL),
+        2,
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, lower left lung and upper middle l right lung.",
+        vec(LL, RU, RM),
+        2,
+    ),
     # explicit negative (MosMed) vs no position at all
     ("No pulmonary infection, zero infected areas.", (0,) * 6, 0),
     ("Bilateral pulmonary infection, two infected areas.", None, 2),
@@ -147,9 +176,42 @@ def test_agrees_with_sgseg_where_captions_match(shared_data):
 
 # ---- fuzz (issue 10) -----------------------------------------------------------------------------------------
 
-_WORDS = ["left", "right", "upper", "middle", "lower", "all", "lung", "and", "no", "zero", "one", "two", "both",
-          "lowerright", "midlle", "leflung", "oneinfected", "infected", "areas", "bilateral", ",", ".", "..", "  ",
-          "Left", "RIGHT", "ll", "l", "ight", "lupper", "\n", "é", "9999999999", "0"]
+_WORDS = [
+    "left",
+    "right",
+    "upper",
+    "middle",
+    "lower",
+    "all",
+    "lung",
+    "and",
+    "no",
+    "zero",
+    "one",
+    "two",
+    "both",
+    "lowerright",
+    "midlle",
+    "leflung",
+    "oneinfected",
+    "infected",
+    "areas",
+    "bilateral",
+    ",",
+    ".",
+    "..",
+    "  ",
+    "Left",
+    "RIGHT",
+    "ll",
+    "l",
+    "ight",
+    "lupper",
+    "\n",
+    "é",
+    "9999999999",
+    "0",
+]
 
 
 def _check(text: str) -> None:
@@ -252,8 +314,17 @@ def test_regions_cli_no_torch(tmp_path, repo_root, shared_data):
         "import sys; from pipeline_src.cli import main; rc = main(sys.argv[1:]); "
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
-    args = [sys.executable, "-c", code, "regions", "lower left lung and upper right lung.", "--texts-file", str(texts),
-            "--masks", *masks]
+    args = [
+        sys.executable,
+        "-c",
+        code,
+        "regions",
+        "lower left lung and upper right lung.",
+        "--texts-file",
+        str(texts),
+        "--masks",
+        *masks,
+    ]
     r = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
@@ -261,8 +332,13 @@ def test_regions_cli_no_torch(tmp_path, repo_root, shared_data):
     assert lines[0] == {"input": "lower left lung and upper right lung.", "regions": list(vec(LL, RU))}
     assert lines[1]["regions"] == list(vec(RL)) and lines[2]["regions"] is None
     assert all(len(x["regions"]) == 6 for x in lines[-3:])
-    bad = subprocess.run([sys.executable, "-m", "pipeline_src.cli", "regions", "--masks", str(tmp_path / "nope.png")],
-                         cwd=repo_root, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "pipeline_src.cli", "regions", "--masks", str(tmp_path / "nope.png")],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "nope.png" in bad.stderr
 
 

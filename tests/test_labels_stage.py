@@ -1,6 +1,6 @@
 """`pseudolabel` stage on hand-written shards of the real sample: columns, agreement JSON, deterministic bytes.
 
-    .venv/bin/pytest tests/test_labels_stage.py -q
+.venv/bin/pytest tests/test_labels_stage.py -q
 """
 
 from __future__ import annotations
@@ -25,12 +25,17 @@ def _write_shards(root, split_rows: dict[str, tuple]) -> None:
         n, h, w = images.shape
         if n:
             (root / split).mkdir(parents=True)
-            t = pa.table({
-                "id": names, "split": [split] * n,
-                "image": pa.array([im.tobytes() for im in images], pa.binary(h * w)),
-                "mask": pa.array([np.packbits(m > 0).tobytes() for m in masks], pa.binary(h * w // 8)),
-                "height": pa.array([h] * n, pa.int32()), "width": pa.array([w] * n, pa.int32()), "text": texts,
-            })
+            t = pa.table(
+                {
+                    "id": names,
+                    "split": [split] * n,
+                    "image": pa.array([im.tobytes() for im in images], pa.binary(h * w)),
+                    "mask": pa.array([np.packbits(m > 0).tobytes() for m in masks], pa.binary(h * w // 8)),
+                    "height": pa.array([h] * n, pa.int32()),
+                    "width": pa.array([w] * n, pa.int32()),
+                    "text": texts,
+                }
+            )
             pq.write_table(t, root / split / "part-00000.parquet")
         shards = [{"path": f"{split}/part-00000.parquet", "rows": n}] if n else []
         splits[split] = {"rows": n, "shards": shards}
@@ -45,8 +50,9 @@ def shards(shared_data, tmp_path_factory):
     texts = list(tr[3])
     texts[0] = "Bilateral pulmonary infection."  # one unknown text
     data = (np.array(tr[0]), tr[1], tr[2], np.array(texts, dtype=object))
-    _write_shards(root, {"train": pick(data, slice(0, 30)), "val": pick(data, slice(30, 50)),
-                         "test": pick(data, slice(0, 0))})
+    _write_shards(
+        root, {"train": pick(data, slice(0, 30)), "val": pick(data, slice(30, 50)), "test": pick(data, slice(0, 0))}
+    )
     return root
 
 
@@ -69,8 +75,14 @@ def test_pseudolabel_stage(shards, tmp_path):
     assert m["splits"]["test"]["rows"] == 0
     assert m["all"]["compared"] == 49
     assert 0.9 <= m["all"]["side_agreement"] <= 1.0
-    assert set(m["all"]["per_region"]) == {"left-upper", "left-middle", "left-lower",
-                                            "right-upper", "right-middle", "right-lower"}
+    assert set(m["all"]["per_region"]) == {
+        "left-upper",
+        "left-middle",
+        "left-lower",
+        "right-upper",
+        "right-middle",
+        "right-lower",
+    }
     first = out.read_bytes()
     pseudolabel.run(params, "qata", shards, out, met)
     assert out.read_bytes() == first  # deterministic bytes
