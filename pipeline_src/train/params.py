@@ -1,6 +1,14 @@
-"""params.yaml section ``train`` (model, optimiser, method components)."""
+"""params.yaml section ``train`` (model, optimiser, method components).
+
+Defaults here are the small demo values (fast on 2 CPU cores); params.yaml documents the paper's
+value next to each key where it differs. Every semi-supervised component can be switched off on
+its own (``train.posaug.enabled=false`` ...), so an ablation is a regime override or
+``dvc exp run -S train.tpatchmix.enabled=false``.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,21 +18,96 @@ class Strict(BaseModel):
 
 
 class ModelParams(Strict):
+    # architecture, from pipeline_src.models.ARCHS; the method may force one (image_only, meddisseg)
+    arch: Literal["textguided", "image_only", "meddisseg"] = "textguided"
     image_encoder: str = "resnet18"
-    image_weights: str | None = None
-    text_width: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
+    image_weights: str | None = None  # local timm/torchvision state dict; never downloaded
+    out_indices: tuple[int, ...] = (1, 2, 3, 4)  # timm features_only stages fed to the decoder (strides 4..32)
+    text_width: int = Field(128, ge=8)
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(4, ge=1)
     context_length: int = Field(32, ge=8)
-    text_weights: str | None = None
-    decoder_dim: int = 64
+    text_weights: str | None = None  # local checkpoint file or local-dir:<open_clip folder>
+    embed_dim: int = Field(128, ge=8)  # shared image/text embedding size (ITCL, alignment score)
+    decoder_dim: int = Field(64, ge=8)
+    decoder_heads: int = Field(4, ge=1)
+    # Med-DisSeg architecture switches (arch: meddisseg only): structure-sensitive attention encoder side
+    # outputs, adaptive multi-scale calibration decoder
+    ssa: bool = True
+    amc: bool = True
+
+
+class SSLParams(Strict):
+    """Teacher-student schedule (semi_medref, mean_teacher, cutmix_ssl)."""
+
+    ema_start: float = Field(0.99, ge=0, le=1)
+    ema_end: float = Field(0.999, ge=0, le=1)
+    burn_in_epochs: float = Field(1, ge=0)  # supervised only; paper 5
+    ramp_epochs: float = Field(1, ge=0)  # unsupervised weight 0 -> unsup_weight; paper 15
+    unsup_weight: float = Field(0.3, ge=0)
+    confidence: float = Field(0.55, ge=0.5, le=1)  # teacher pixels with max(p, 1-p) below are ignored
+    # teacher BN for pseudo-labels: batch statistics of the unlabelled batch, or its (EMA) running stats
+    teacher_bn: Literal["batch", "running"] = "batch"
+
+
+class AugmentParams(Strict):
+    flip_p: float = Field(0.5, ge=0, le=1)  # horizontal flip of every training view
+    flip_text: bool = True  # swap left/right words and region vectors with the flip (False = the naive bug)
+    noise_std: float = Field(0.05, ge=0)  # strong view: Gaussian noise
+    jitter: float = Field(0.2, ge=0)  # strong view: brightness/contrast jitter amplitude
+    cutmix_area: float = Field(0.25, gt=0, le=1)  # cutmix_ssl: box area as a fraction of the image
+
+
+class PosAugParams(Strict):
+    enabled: bool = True
+    p: float = Field(0.5, ge=0, le=1)  # per text
+    mode: Literal["unknown", "neutral", "either"] = "either"
+    unknown_token: str = "unknown"
+    neutral_phrase: str = "a region of the lung"
+
+
+class TPatchMixParams(Strict):
+    enabled: bool = True
+    block: int = Field(16, ge=1)
+    p: float = Field(0.08, ge=0, le=1)  # per block inside the partner's named regions
+
+
+class ITCLParams(Strict):
+    enabled: bool = True
+    tau: float = Field(0.07, gt=0)
+    weight_labelled: float = Field(0.02, ge=0)
+    weight_unlabelled: float = Field(0.10, ge=0)  # times the (ramped) unsupervised weight
+
+
+class DispersiveParams(Strict):
+    """Med-DisSeg dispersive loss on one encoder stage (off while weight = 0), for any method."""
+
+    weight: float = Field(0.0, ge=0)  # paper / official: 0.2-0.25
+    stage: int = -2  # index into the model's ``feats`` list (-2 = stride-16 stage with the default out_indices)
+    variant: Literal["infonce_l2", "infonce_cos", "hinge", "covariance"] = "infonce_l2"
+    tau: float = Field(0.5, gt=0)
+    eps: float = Field(1.0, gt=0)  # hinge margin
+    include_diagonal: bool = True
 
 
 class TrainParams(Strict):
     model: ModelParams = ModelParams()
-    epochs: int = Field(4, ge=1)
-    max_steps: int | None = None
-    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(3, ge=1)  # one epoch = one pass over the whole training set (labelled + unlabelled)
+    max_steps: int | None = Field(None, ge=1)  # debug runs: stop early (schedules still follow epochs)
+    batch_size: int = Field(16, ge=1)  # labelled images per step; paper 32
+    unlabelled_batch_size: int = Field(16, ge=1)  # unlabelled images per step (teacher-student methods); paper 32
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
-    checkpoint_every: int = Field(50, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1)  # steps; plus one at the end
+    precise_bn_batches: int = Field(8, ge=0)  # recompute BN running stats on the final weights (0 = off)
+    val_max: int = Field(64, ge=0)  # validation images scored per epoch (0 = none)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile on CUDA
+    ssl: SSLParams = SSLParams()
+    augment: AugmentParams = AugmentParams()
+    posaug: PosAugParams = PosAugParams()
+    tpatchmix: TPatchMixParams = TPatchMixParams()
+    itcl: ITCLParams = ITCLParams()
+    dispersive: DispersiveParams = DispersiveParams()

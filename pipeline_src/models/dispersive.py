@@ -1,0 +1,288 @@
+"""Dispersive loss (Med-DisSeg; Wang & He, "Diffuse and Disperse", arXiv:2506.09027) and feature-dispersion probes.
+
+The loss treats every other sample in the batch as a negative and pushes the encoder's hidden representations
+apart; there are no positive pairs, so it can be added to any segmentation loss:
+
+    L_disp = log E_{i,j}[ exp(-D(z_i, z_j) / tau) ]                                (InfoNCE variants)
+
+Variants (``variant=``):
+
+- ``infonce_l2``   D = ||z_i - z_j||^2 / d  (d = flattened feature size). Dividing by d is what the official
+                   DispLoss PyTorch code does; it makes tau independent of the chosen stage's size.
+- ``infonce_cos``  D = 1 - cos(z_i, z_j).
+- ``hinge``        mean over pairs of max(0, eps - D)^2 with the same D as ``infonce_l2``.
+- ``covariance``   u_i = z_i / ||z_i||; C = cov over the batch of u (unbiased, B - 1); the mean of the squared
+                   off-diagonal entries of C. Note: (a) C is d x d, so it is computed through the B x B Gram
+                   matrix (||C||_F = ||U_c U_c^T||_F) and never materialised; (b) its magnitude is
+                   O(1 / (d^2 B)) because the entries of unit vectors scale as 1/sqrt(d), so a weight tuned for
+                   the InfoNCE variants does not transfer; (c) it is minimised by collapse (identical z give
+                   C = 0): it decorrelates dimensions, it does not by itself spread samples (VICReg pairs it with
+                   a variance term for that reason).
+
+The i = j convention (``include_diagonal``)
+-------------------------------------------
+The issue writes E over i != j. The two public codes disagree:
+
+- Wang & He's official DispLoss code pads the B(B-1) pair distances with B zeros "to match the JAX
+  implementation of the full BxB matrix", i.e. it INCLUDES the diagonal (exp(0) = 1 per sample).
+- The released Med-DisSeg code (xiaoquan-1/Med-DisSeg, network/dispersive_loss_implementation.py) EXCLUDES it
+  (and, unlike DispLoss, uses the un-squared L2 distance without the 1/d scaling, on the raw layer3 map).
+
+Default here: ``include_diagonal=True``. Why: with the diagonal, InfoNCE is bounded below by -log B and the
+softmax weight on the pair terms decays to 0 once samples are far apart (the B constant diagonal terms dominate),
+so the regulariser switches itself off instead of rewarding an ever-growing feature norm. Without the diagonal
+the pair weights always sum to 1, the gradient never vanishes and L2 variants can be lowered forever by scaling
+features up. The diagonal only rescales / shifts the hinge loss and is irrelevant for the covariance loss (which
+has no pairs). ``include_diagonal=False`` reproduces the Med-DisSeg code's pair set.
+
+Where z comes from: the official Med-DisSeg model applies the loss to the flattened output of ResNet-50 layer3
+(stride 16; timm features_only index 3 for ResNets), before its attention modules. ``hook_stage`` captures any
+timm features_only stage during the ordinary forward pass, so no second forward is needed.
+
+Test: ``.venv/bin/pytest tests/test_dispersive.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline_src.errors import MedrefError
+
+Variant = Literal["infonce_l2", "infonce_cos", "hinge", "covariance"]
+VARIANTS: tuple[str, ...] = ("infonce_l2", "infonce_cos", "hinge", "covariance")
+
+
+def _flatten(z: Tensor) -> Tensor:
+    if z.dim() < 2:
+        raise MedrefError(f"dispersive loss: z must be [B, ...] with a feature axis, got shape {tuple(z.shape)}")
+    z = z.reshape(z.shape[0], -1)
+    # float32 at least (float64 kept): the Gram trick cancels large terms, which fp16/bf16 cannot represent well
+    # under autocast.
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
+def pairwise_sq_l2(z: Tensor) -> Tensor:
+    """[B, d] -> [B, B] squared Euclidean distances (diagonal exactly 0).
+
+    Via the Gram matrix (O(B^2 d) time, O(B^2) memory) instead of z[:, None] - z[None] (O(B^2 d) memory: 200 MB
+    for a ResNet-50 layer3 map at 224^2 and B = 16). Centring first removes the common offset, which is where the
+    Gram formula loses precision; distances are translation invariant so the result is unchanged.
+    """
+    zc = z - z.mean(dim=0, keepdim=True)
+    sq = zc.pow(2).sum(dim=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (zc @ zc.T)
+    # clamp: rounding can make identical rows slightly negative; the clamp also gives them a zero (not NaN) gradient.
+    d2 = d2.clamp_min(0.0)
+    return d2 * (1.0 - torch.eye(z.shape[0], device=z.device, dtype=z.dtype))
+
+
+def _pair_values(m: Tensor, include_diagonal: bool) -> Tensor:
+    """The entries of a [B, B] matrix that enter the expectation: all B^2, or the B(B-1) off-diagonal ones."""
+    if include_diagonal:
+        return m.reshape(-1)
+    off = ~torch.eye(m.shape[0], dtype=torch.bool, device=m.device)
+    return m[off]
+
+
+def _distance(z: Tensor, variant: str) -> Tensor:
+    if variant == "infonce_cos":
+        u = F.normalize(z, dim=1, eps=1e-8)
+        d = 1.0 - u @ u.T
+        # the diagonal is 0 by definition; set it exactly so rounding cannot leak into the diagonal convention.
+        return d * (1.0 - torch.eye(z.shape[0], device=z.device, dtype=z.dtype))
+    return pairwise_sq_l2(z) / z.shape[1]
+
+
+def _covariance_offdiag_mean(z: Tensor) -> Tensor:
+    b, d = z.shape
+    u = F.normalize(z, dim=1, eps=1e-8)
+    uc = u - u.mean(dim=0, keepdim=True)
+    gram = (uc @ uc.T) / (b - 1)  # shares its nonzero spectrum with C = uc^T uc / (B-1)
+    total = gram.pow(2).sum()  # = ||C||_F^2, without building the d x d matrix
+    diag = (uc.pow(2).sum(dim=0) / (b - 1)).pow(2).sum()  # sum_k C_kk^2
+    if d < 2:
+        return total * 0.0
+    return (total - diag).clamp_min(0.0) / (d * (d - 1))
+
+
+def dispersive_loss(
+    z: Tensor,
+    variant: Variant = "infonce_l2",
+    tau: float = 0.5,
+    eps: float = 1.0,
+    include_diagonal: bool = True,
+) -> Tensor:
+    """Dispersive loss of a batch of representations ``z`` [B, ...] (flattened per sample); a scalar tensor.
+
+    ``tau``: temperature of the InfoNCE variants (paper default 0.5). ``eps``: hinge margin on D.
+    With B < 2 there are no pairs: returns 0 still attached to the graph (so ``backward`` works on tiny batches).
+    """
+    if variant not in VARIANTS:
+        raise MedrefError(f"dispersive loss: variant must be one of {VARIANTS}, got {variant!r}")
+    if tau <= 0:
+        raise MedrefError(f"dispersive loss: tau must be > 0, got {tau}")
+    zf = _flatten(z)
+    b = zf.shape[0]
+    if b < 2:
+        return zf.sum() * 0.0
+    if variant == "covariance":
+        return _covariance_offdiag_mean(zf)
+    pairs = _pair_values(_distance(zf, variant), include_diagonal)
+    if variant == "hinge":
+        return (eps - pairs).clamp_min(0.0).pow(2).mean()
+    # log mean exp via logsumexp: exp(-D/tau) underflows to 0 for well-separated features, log(0) would be -inf.
+    return torch.logsumexp(-pairs / tau, dim=0) - math.log(pairs.numel())
+
+
+class DispersiveLoss(nn.Module):
+    """``dispersive_loss`` with its settings bound; no parameters, so it never enters the state dict."""
+
+    def __init__(
+        self,
+        variant: Variant = "infonce_l2",
+        tau: float = 0.5,
+        eps: float = 1.0,
+        include_diagonal: bool = True,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise MedrefError(f"dispersive loss: variant must be one of {VARIANTS}, got {variant!r}")
+        self.variant, self.tau, self.eps, self.include_diagonal = variant, tau, eps, include_diagonal
+
+    def forward(self, z: Tensor) -> Tensor:
+        return dispersive_loss(z, self.variant, self.tau, self.eps, self.include_diagonal)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, tau={self.tau}, eps={self.eps}, include_diagonal={self.include_diagonal}"
+
+    @staticmethod
+    def hook(model: nn.Module, stage: int | str = 3) -> StageFeatureHook:
+        """Capture a stage's output on every forward of ``model`` (see ``hook_stage``)."""
+        return hook_stage(model, stage)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Capturing a stage's features during the normal forward pass
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class StageFeatureHook:
+    """Forward hook that keeps the latest output of one module (``.features``).
+
+    Use as a context manager or call ``remove()``. The tensor is kept with its graph (the loss needs gradients);
+    ``clear()`` drops it after the step so the graph is not kept alive into the next one.
+    """
+
+    def __init__(self, module: nn.Module, name: str = "") -> None:
+        self.name = name
+        self.features: Tensor | None = None
+        self._handle = module.register_forward_hook(self._capture)
+
+    def _capture(self, _module: nn.Module, _inputs: tuple, output: Tensor | tuple | list) -> None:
+        # timm blocks return tensors; some wrappers return tuples: the first element is the feature map.
+        self.features = output[0] if isinstance(output, tuple | list) else output
+
+    def pop(self) -> Tensor:
+        """The captured features; an error (not None) when the hooked module did not run."""
+        if self.features is None:
+            raise MedrefError(f"dispersive loss: stage {self.name!r} produced no features in the last forward pass")
+        z, self.features = self.features, None
+        return z
+
+    def clear(self) -> None:
+        self.features = None
+
+    def remove(self) -> None:
+        self._handle.remove()
+        self.features = None
+
+    def __enter__(self) -> StageFeatureHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _timm_feature_net(model: nn.Module) -> nn.Module | None:
+    """The first sub-module that carries timm's ``feature_info`` (a features_only encoder)."""
+    for m in model.modules():
+        info = getattr(m, "feature_info", None)
+        if info is not None and hasattr(info, "module_name"):
+            return m
+    return None
+
+
+def stage_for_reduction(model: nn.Module, reduction: int = 16) -> int:
+    """Index of the timm feature stage with the given stride (16 = the official ResNet layer3 choice).
+
+    Lets a params file say "the stride-16 stage" for any encoder: ResNets have 5 feature stages (stride 2..32),
+    ConvNeXt/Swin 4 (stride 4..32), so a fixed index means different depths in different backbones.
+    """
+    net = _timm_feature_net(model)
+    if net is None:
+        raise MedrefError("dispersive loss: the model has no timm features_only encoder (no feature_info)")
+    reductions = list(net.feature_info.reduction())
+    if reduction not in reductions:
+        raise MedrefError(f"dispersive loss: no encoder stage with stride {reduction}; strides are {reductions}")
+    return reductions.index(reduction)
+
+
+def hook_stage(model: nn.Module, stage: int | str = 3) -> StageFeatureHook:
+    """Hook a stage of ``model``'s timm features_only encoder.
+
+    ``stage``: an int indexes the encoder's feature stages (``feature_info``; negatives count from the end;
+    3 = ResNet layer3, the official choice); a str is a dotted sub-module path of ``model``.
+    """
+    if isinstance(stage, str):
+        try:
+            return StageFeatureHook(model.get_submodule(stage), stage)
+        except AttributeError as e:
+            raise MedrefError(f"dispersive loss: model has no sub-module {stage!r}") from e
+    net = _timm_feature_net(model)
+    if net is None:
+        raise MedrefError("dispersive loss: an int stage needs a timm features_only encoder (no feature_info found)")
+    names = list(net.feature_info.module_name())
+    if not -len(names) <= stage < len(names):
+        raise MedrefError(f"dispersive loss: stage {stage} out of range; the encoder has {len(names)} stages {names}")
+    name = names[stage]
+    # FeatureListNet flattens nested names ("stages.2" -> "stages_2"); try both spellings.
+    for candidate in (name, name.replace(".", "_")):
+        try:
+            return StageFeatureHook(net.get_submodule(candidate), name)
+        except AttributeError:
+            continue
+    raise MedrefError(f"dispersive loss: cannot find encoder module {name!r} for stage {stage}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The falsification probe: does the loss actually disperse the features?
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def feature_dispersion(z: Tensor, pool: bool = True) -> dict[str, float]:
+    """Dispersion statistics of a batch of features, for logging with and without the loss.
+
+    ``z`` [B, C, H, W] is global-average-pooled to [B, C] first when ``pool`` (the issue asks for the pooled
+    features: spatial positions would otherwise dominate d); other shapes are flattened per sample.
+    Returns ``mean_pairwise_dist`` (mean Euclidean distance over i < j) and ``per_dim_var`` (per-dimension
+    variance across the batch, unbiased, averaged over dimensions). Both are 0.0 for B < 2.
+    Accumulate them over a held-out set by evaluating batches of a FIXED size: both depend on B only through
+    sampling noise, but the mean over a batch of 2 is much noisier than over 32.
+    """
+    zf = z.mean(dim=(2, 3)) if (pool and z.dim() == 4) else z.reshape(z.shape[0], -1)
+    zf = zf.double()  # a logging statistic: precision is free here and makes the numbers reproducible
+    b = zf.shape[0]
+    if b < 2:
+        return {"mean_pairwise_dist": 0.0, "per_dim_var": 0.0}
+    d = pairwise_sq_l2(zf).sqrt()
+    iu = torch.triu_indices(b, b, offset=1, device=zf.device)
+    return {
+        "mean_pairwise_dist": float(d[iu[0], iu[1]].mean()),
+        "per_dim_var": float(zf.var(dim=0, unbiased=True).mean()),
+    }

@@ -1,0 +1,81 @@
+"""Losses: Dice + BCE on logits (optionally pixel-weighted), ITCL, and the dispersive-loss hook.
+
+BCE uses a real sigmoid (``binary_cross_entropy_with_logits``): some anchors' DiceCE computes a
+softmax cross-entropy over one channel, which is identically 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+             smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice (per image, then mean) + BCE, both on logits [B,1,H,W] vs target in [0,1].
+
+    ``weight`` (same shape, {0,1}) ignores pixels: the teacher's low-confidence pixels on unlabelled
+    images. An all-ignored batch gives 0 (not NaN), so early low-confidence steps are harmless.
+    """
+    if weight is None:
+        weight = torch.ones_like(target)
+    n = weight.sum()
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / n.clamp_min(1.0)
+    p = torch.sigmoid(logits) * weight
+    t = target * weight
+    inter = (p * t).flatten(1).sum(1)
+    denom = p.flatten(1).sum(1) + t.flatten(1).sum(1)
+    dice = 1 - (2 * inter + smooth) / (denom + smooth)
+    has = (weight.flatten(1).sum(1) > 0).float()  # images with no kept pixel do not vote
+    dice = (dice * has).sum() / has.sum().clamp_min(1.0)
+    return bce + dice
+
+
+def confidence_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """1 where the teacher is confident either way: max(p, 1-p) >= threshold."""
+    return (torch.maximum(probs, 1 - probs) >= threshold).float()
+
+
+def jaccard_matrix(regions: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Pairwise Jaccard of binary region vectors [B,6]. Unknown (or empty) vectors overlap only themselves."""
+    r = regions.float()
+    inter = r @ r.T
+    union = r.sum(1, keepdim=True) + r.sum(1) - inter
+    j = torch.where(union > 0, inter / union.clamp_min(1e-8), torch.zeros_like(inter))
+    valid = known & (r.sum(1) > 0)
+    j = j * (valid[:, None] & valid[None, :]).float()
+    eye = torch.eye(len(r), device=r.device, dtype=j.dtype)
+    return torch.maximum(j, eye)  # a sample is always its own positive
+
+
+def itcl_targets(regions: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Soft positives: each row is the Jaccard overlap normalised to sum 1."""
+    j = jaccard_matrix(regions, known)
+    return j / j.sum(1, keepdim=True)
+
+
+def itcl(img_emb: torch.Tensor, txt_emb: torch.Tensor, regions: torch.Tensor, known: torch.Tensor,
+         tau: float = 0.07) -> torch.Tensor:
+    """Image-text contrastive loss with Jaccard soft positives (symmetric, image->text and text->image).
+
+    When no two samples share a region (the Jaccard matrix is the identity) the targets are one-hot and
+    this is exactly CLIP's InfoNCE.
+    """
+    img = F.normalize(img_emb, dim=-1)
+    txt = F.normalize(txt_emb, dim=-1)
+    logits = img @ txt.T / tau
+    t = itcl_targets(regions, known)  # symmetric, so the same targets serve both directions
+    return 0.5 * (F.cross_entropy(logits, t) + F.cross_entropy(logits.T, t))
+
+
+def dispersive(z: torch.Tensor, cfg) -> torch.Tensor:
+    """Dispersive loss on one encoder stage's features (Med-DisSeg, issue 6), via its own module.
+
+    Extension point: ``pipeline_src.models.dispersive.dispersive_loss(z [B,...], variant, tau, eps, include_diagonal) -> scalar``,
+    with ``cfg`` the ``train.dispersive`` params block. Imported lazily so the text-guided
+    methods do not depend on it unless ``train.dispersive.weight > 0``.
+    """
+    from pipeline_src.models import resolve
+
+    fn = resolve("pipeline_src.models.dispersive:dispersive_loss")
+    return fn(z, variant=cfg.variant, tau=cfg.tau, eps=cfg.eps, include_diagonal=cfg.include_diagonal)

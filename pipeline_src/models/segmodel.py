@@ -1,0 +1,59 @@
+"""The segmentation model: image encoder + (optional) text encoder + GuideDecoder.
+
+Forward contract (every architecture in ``pipeline_src.models.ARCHS`` follows it, so the training
+loop, the methods and the predictor never branch on the architecture)::
+
+    model(images [B,1,H,W], tokens LongTensor[B,L] | None) -> {
+        "logits":  [B,1,H,W]  mask logits at input resolution,
+        "img_emb": [B,D]      pooled image embedding (ITCL, alignment score),
+        "txt_emb": [B,D] | None  pooled text embedding,
+        "feats":   list of encoder feature maps, shallow to deep (dispersive-loss hook),
+    }
+    model.uses_text: bool  (False -> the loop passes tokens=None and skips ITCL)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline_src.models.encoders import ImageEncoder
+from pipeline_src.models.fusion import GuideDecoder
+from pipeline_src.models.text import TextEncoder
+
+
+class SegModel(nn.Module):
+    def __init__(self, cfg, uses_text: bool = True):
+        super().__init__()
+        self.uses_text = uses_text
+        self.image = ImageEncoder(cfg.image_encoder, cfg.image_weights, tuple(cfg.out_indices))
+        self.text = None
+        text_dim = None
+        if uses_text:
+            self.text = TextEncoder(cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.context_length,
+                                    cfg.embed_dim, cfg.text_weights)
+            text_dim = self.text.width
+        self.decoder = GuideDecoder(self.image.channels, cfg.decoder_dim, text_dim, cfg.decoder_heads)
+        self.img_proj = nn.Linear(self.image.channels[-1], cfg.embed_dim)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None) -> dict:
+        # Centre the [0,1] grey input: raw X-ray pixels give the stem conv a tiny variance (~1e-3), and BN's
+        # running variance (initialised at 1, momentum 0.1) then needs hundreds of steps to come down; short
+        # runs predicted nothing in eval mode until this was added.
+        feats = self.image((images - 0.5) / 0.25)
+        txt_emb = toks = pad = None
+        if self.uses_text:
+            txt_emb, toks, pad = self.text(tokens)
+        logits = self.decoder(feats, toks, pad)
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        img_emb = self.img_proj(feats[-1].mean(dim=(2, 3)))
+        return {"logits": logits, "img_emb": img_emb, "txt_emb": txt_emb, "feats": feats}
+
+
+def build_textguided(cfg) -> SegModel:
+    return SegModel(cfg, uses_text=True)
+
+
+def build_image_only(cfg) -> SegModel:
+    return SegModel(cfg, uses_text=False)
