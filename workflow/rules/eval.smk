@@ -2,8 +2,6 @@
 
 
 rule eval:
-    message:
-        "evaluate {wildcards.regime}"
     input:
         "models/{regime}",
         shards_of,
@@ -14,11 +12,11 @@ rule eval:
     output:
         directory("eval/{regime}"),
         "metrics/{regime}.json",
-    params:
-        eval=config["eval"],
     log:
         "logs/eval/{regime}.log",
     conda:
         "../envs/medref.yaml"
+    params:
+        eval=config["eval"],
     shell:
         "medref eval {wildcards.regime} > {log} 2>&1"

@@ -2,19 +2,17 @@
 
 
 rule report:
-    message:
-        "report across every regime"
     input:
         expand("metrics/{regime}.json", regime=REGIMES),
         expand("eval/{regime}", regime=REGIMES),
         "pipeline_src/evaluate/report.py",
     output:
         directory("reports"),
-    params:
-        report=config["report"],
     log:
         "logs/report.log",
     conda:
         "../envs/medref.yaml"
+    params:
+        report=config["report"],
     shell:
         "medref report > {log} 2>&1"

@@ -8,8 +8,6 @@ localrules:
 
 
 rule train:
-    message:
-        "train {wildcards.regime}"
     input:
         shards_of,
         labels_of,
@@ -19,13 +17,13 @@ rule train:
         "pipeline_src/train/methods.py",
     output:
         directory("models/{regime}"),
-    params:
-        base=config["base"],
-        train=config["train"],
-        regime=lambda w: config["regimes"][w.regime],
     log:
         "logs/train/{regime}.log",
     conda:
         "../envs/medref.yaml"
+    params:
+        base=config["base"],
+        train=config["train"],
+        regime=lambda w: config["regimes"][w.regime],
     shell:
         "medref train {wildcards.regime} > {log} 2>&1"
