@@ -35,6 +35,10 @@ class ParamsError(MedrefError):
 class BaseParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seed: int = 1234
+    # CPU intra-op threads for train and eval. A tracked param because on CPU the thread count
+    # changes the summation order, hence the weights' bits: pinning it makes DVC (which leaves
+    # OMP_NUM_THREADS alone) and Snakemake (which sets it to the rule's threads) agree bit for bit.
+    cpu_threads: int = Field(2, ge=1)
 
 
 class RegimeParams(BaseModel):

@@ -145,3 +145,28 @@ def test_s3_round_trip(origin, tmp_path, moto_server):
         ["secret_access_key", keys["AWS_SECRET_ACCESS_KEY"]],
     ]
     _round_trip(origin, tmp_path / "collab-s3", ["s3://medref/cache"], cfg)
+
+
+def test_experiments_and_diffs(origin, tmp_path):
+    """`dvc exp run -S` / `dvc exp show` for a regime; params and metrics diffs between commits."""
+    exp = run([tool("dvc"), "exp", "run", "--temp", "-n", "lr-up", "-S", "train.lr=0.001", f"eval@{REGIME}"], origin)
+    assert "lr-up" in exp.stdout + exp.stderr
+    shown = json.loads(run([tool("dvc"), "exp", "show", "--json"], origin).stdout)
+    flat = json.dumps(shown)
+    assert "lr-up" in flat and "0.001" in flat
+
+    repo = _clone(origin, tmp_path / "diffs")
+    run([tool("dvc"), "remote", "add", "-f", "shared", str(tmp_path / "remote")], origin)
+    run([tool("dvc"), "push", "-r", "shared"], origin)
+    run([tool("dvc"), "remote", "add", "-f", "shared", str(tmp_path / "remote")], repo)
+    run([tool("dvc"), "pull", "-r", "shared"], repo)
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["eval"]["threshold"] = 0.35
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    out = run([tool("dvc"), "repro", f"eval@{REGIME}"], repo)
+    assert ran_stages(out.stdout) == [f"eval@{REGIME}"], out.stdout
+    run(["git", "commit", "-qam", "lower threshold"], repo)
+    pdiff = json.loads(run([tool("dvc"), "params", "diff", "HEAD~1", "--json"], repo).stdout)
+    assert pdiff["params.yaml"]["eval.threshold"] == {"old": 0.5, "new": 0.35}
+    mdiff = json.loads(run([tool("dvc"), "metrics", "diff", "HEAD~1", "--json"], repo).stdout)
+    assert mdiff.get(f"metrics/{REGIME}.json"), mdiff  # a threshold change moves at least one metric

@@ -102,6 +102,12 @@ def resolve_source(dp, dataset: str) -> tuple[str, Path | None, str]:
     """(type, path, digest of the source) for ``datasets.<dataset>``; verifies pinned checksums."""
     src = dp.source
     key = f"datasets.{dataset}.sha256"
+    if src == "synthetic" and dp.kind == "volumes":
+        from pipeline_src.data import synthetic_volumes
+
+        v = dp.volumes
+        return "synthetic", None, sha256_json({"generator": synthetic_volumes.GENERATOR_VERSION, "kind": dp.kind,
+                                               "n_cases": v.n_cases, "shape": list(v.shape), "seed": v.seed})
     if src == "synthetic":
         return "synthetic", None, sha256_json({"generator": GENERATOR_VERSION, "kind": dp.kind,
                                                "synthetic": dp.synthetic.model_dump()})
@@ -190,6 +196,8 @@ def run(params, dataset: str, out_dir: Path) -> Path:
         _log(f"{out_dir} is up to date with {dp.source} (checksums match); nothing to do")
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if dp.kind == "volumes":
+        return _run_volumes(dp, dataset, kind_src, path, source_digest, out_dir)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src.", dir=out_dir.parent) as tmp:
         if kind_src == "synthetic":
             sp = dp.synthetic
@@ -214,6 +222,48 @@ def run(params, dataset: str, out_dir: Path) -> Path:
             })
     counts = {s: sum(p.split == s for p in pairs) for s in layouts.SPLITS}
     _log(f"{dataset}: {len(pairs)} pairs {counts} -> {out_dir}")
+    return out_dir
+
+
+VOLUME_DIRS = ("imagesTr", "labelsTr")
+
+
+def _run_volumes(dp, dataset: str, kind_src: str, path: Path | None, source_digest: str, out_dir: Path) -> Path:
+    """kind: volumes -> data/raw/<ds>/{imagesTr,labelsTr}/ + dataset.json (nnU-Net layout, files copied as they
+    are; preprocess validates them) + checksums.json. Synthetic: pipeline_src/data/synthetic_volumes.py."""
+    from pipeline_src.data import synthetic_volumes
+
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src.", dir=out_dir.parent) as tmp:
+        if kind_src == "synthetic":
+            v = dp.volumes
+            root = Path(tmp) / "generated"
+            synthetic_volumes.generate_volumes(root, v.n_cases, v.shape, v.seed)
+        elif kind_src == "archive":
+            assert path is not None
+            _log(f"extracting {path}")
+            safe_extract(path, Path(tmp))
+            root = _single_root(Path(tmp))
+        else:
+            assert path is not None
+            root = path
+        missing = [n for n in (*VOLUME_DIRS, "dataset.json") if not (root / n).exists()]
+        if missing:
+            raise MedrefError(f"{root}: not a volumes dataset (nnU-Net layout): missing {', '.join(missing)} "
+                              "(expected imagesTr/<case>.nii.gz, labelsTr/<case>.nii.gz and dataset.json)")
+        with atomic_dir(out_dir) as dest:
+            for sub in VOLUME_DIRS:
+                (dest / sub).mkdir()
+                for f in sorted((root / sub).iterdir()):
+                    if f.is_file() and not f.name.startswith("."):
+                        shutil.copyfile(f, dest / sub / f.name)
+            shutil.copyfile(root / "dataset.json", dest / "dataset.json")
+            files = {p.relative_to(dest).as_posix(): sha256_file(p) for p in sorted(dest.rglob("*")) if p.is_file()}
+            n_cases = sum(1 for k in files if k.startswith("labelsTr/"))
+            write_json(dest / "checksums.json", {
+                "dataset": dataset, "kind": dp.kind, "source": dp.source, "source_digest": source_digest,
+                "n_cases": n_cases, "files": files, "digest": sha256_json(files),
+            })
+    _log(f"{dataset}: {n_cases} volumes -> {out_dir}")
     return out_dir
 
 

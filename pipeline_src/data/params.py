@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -24,14 +24,42 @@ class SyntheticParams(Strict):
     seed: int = 0
 
 
+class VolumeParams(Strict):
+    """``datasets.<ds>.volumes`` (kind: volumes): labelled 3-D CT, sliced by pipeline_src/data/volumes.py."""
+
+    # synthetic generator (source: synthetic, pipeline_src/data/synthetic_volumes.py); ignored for a real source
+    n_cases: int = Field(8, ge=3)
+    shape: tuple[int, int, int] = (64, 64, 24)
+    seed: int = 0
+    # CT window in HU; the Synapse literature (TransUNet, Swin-UNet, Med-DisSeg) uses [-125, 275]
+    hu_min: float = -125.0
+    hu_max: float = 275.0
+    # slice size after resizing; None -> preprocess.image_size
+    image_size: int | None = Field(None, ge=8)
+    # case-level split: fractions of the cases, each split getting at least one case when there are >= 3
+    val_fraction: float = Field(0.125, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.25, ge=0.0, lt=1.0)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> VolumeParams:
+        if self.hu_max <= self.hu_min:
+            raise ValueError(f"hu_max ({self.hu_max}) must be greater than hu_min ({self.hu_min})")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave some training cases (< 1)")
+        return self
+
+
 class DatasetParams(Strict):
-    kind: Literal["qata", "mosmed", "folder"] = "qata"
+    # qata | mosmed | folder: 2-D image/mask pairs (binary); volumes: NIfTI CT + label map (multi-class)
+    kind: Literal["qata", "mosmed", "folder", "volumes"] = "qata"
     # synthetic | a folder | a .zip/.tar(.gz) archive | an http(s) URL (verified, never fetched).
     # Relative paths are resolved against the current directory (the repository root).
     source: str = "synthetic"
     # pinned sha256 of an archive / URL download; a mismatch is an error
     sha256: str | None = None
     synthetic: SyntheticParams = SyntheticParams()
+    volumes: VolumeParams = VolumeParams()  # kind: volumes only
 
 
 class PreprocessParams(Strict):

@@ -17,6 +17,8 @@ not grow with the dataset. Output is built in a temp dir and renamed into place 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
@@ -131,10 +133,32 @@ def _writer(path: Path, sch: pa.Schema, compression: str) -> pq.ParquetWriter:
     )
 
 
+@contextlib.contextmanager
+def _disk_full_is_error(out_dir: Path, dataset: str, est_bytes: int):
+    """ENOSPC/EDQUOT while writing -> one MedrefError (atomic_dir has already removed the partial temp dir)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(e):
+            raise
+        raise MedrefError(
+            f"{out_dir}: disk full while writing the shards ({e}); nothing was written (the partial temp dir beside "
+            f"it was removed). Free at least ~{est_bytes / 2**20:.0f} MiB on that filesystem (`df -h "
+            f"{out_dir.parent}`) and re-run `medref preprocess {dataset}` (or `dvc repro preprocess@{dataset}`)"
+        ) from e
+
+
 def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
     pp = params.preprocess
     kind = params.dataset(dataset).kind
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if kind == "volumes":  # NIfTI CT + label maps -> class-index slice shards (pipeline_src/data/volumes.py)
+        from pipeline_src.data.volumes import write_volume_shards
+
+        m = write_volume_shards(raw_dir, out_dir, params.dataset(dataset).volumes, dataset=dataset, preprocess=pp)
+        _log(f"{dataset}: {len(m['cases'])} cases, {m['n_classes']} classes, "
+             f"{ {s: v['rows'] for s, v in m['splits'].items()} } slices -> {out_dir}")
+        return out_dir
     rows = read_pairs(raw_dir)
     size = pp.image_size
     sch = schema(size)
@@ -145,7 +169,8 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
 
     problems: list[dict] = []
     splits_out: dict[str, dict] = {}
-    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
+    with _disk_full_is_error(out_dir, dataset, len(rows) * (size * size * 9 // 8)), atomic_dir(out_dir) as tmp, \
+            ThreadPoolExecutor(max_workers=2) as pool:
         bar = tqdm(total=len(rows), desc=f"preprocess {dataset}", disable=len(rows) < 2000)
         for split in SPLITS:
             srows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["id"])

@@ -6,6 +6,9 @@ Train ids are ordered by sha256("<split.seed>:<id>"), a seeded permutation that 
 (stable across versions) nor on which other ids exist; fraction f labels the first ``max(1, round_half_up(f*N))``.
 The order is the same for every fraction, so the 5 % labelled set is inside the 10 % set. On full QaTa
 (N = 5716): 1 % -> 57, 2 % -> 114, 5 % -> 286, 15 % -> 857 (the Semi-MedRef convention).
+
+Volumes (kind volumes): the fraction is of the training CASES (``volumes.case_split``, seeded, nested); the
+split file lists the chosen cases' slice ids as ``labelled`` and adds ``labelled_cases`` and ``n_train_cases``.
 """
 
 from __future__ import annotations
@@ -38,10 +41,23 @@ def select(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[
 def run(params, regime: str, shards_dir: Path, out_file: Path) -> dict:
     r = params.regime(regime)
     seed = params.split.seed
-    ids = read_table(shards_dir, "train", ["id"])["id"].to_pylist()
+    manifest = load_manifest(shards_dir)
+    by_case = manifest.get("kind") == "volumes"
+    table = read_table(shards_dir, "train", ["id", "case_id"] if by_case else ["id"])
+    ids = table["id"].to_pylist()
     if not ids:
         raise MedrefError(f"{shards_dir}: the train split has no rows; cannot select labelled ids for {regime}")
-    labelled, unlabelled = select(ids, r.fraction, seed)
+    cases = None
+    if by_case:
+        # volumes: the regime labels whole CASES (every slice of a chosen case), never single slices of a case
+        from pipeline_src.data.volumes import regime_ids
+
+        case_ids = table["case_id"].to_pylist()
+        sel = regime_ids(case_ids, ids, r.fraction, seed)
+        labelled, unlabelled, cases = sel["labelled"], sel["unlabelled"], sel["labelled_cases"]
+        n_cases = len(set(case_ids))
+    else:
+        labelled, unlabelled = select(ids, r.fraction, seed)
     out = {
         "regime": regime,
         "dataset": r.dataset,
@@ -51,10 +67,13 @@ def run(params, regime: str, shards_dir: Path, out_file: Path) -> dict:
         "labelled": labelled,
         "unlabelled": unlabelled,
         "eval_split": eval_split(shards_dir),
-        "shards_digest": load_manifest(shards_dir)["digest"],
+        "shards_digest": manifest["digest"],
     }
+    if cases is not None:
+        out.update(n_train_cases=n_cases, labelled_cases=cases)
     out["digest"] = sha256_json(out)
     write_json(out_file, out)
-    print(f"[split] {regime}: {len(labelled)}/{len(ids)} labelled (seed {seed}), eval on {out['eval_split']} -> {out_file}",
-          flush=True)
+    of_cases = f" ({len(cases)}/{n_cases} cases)" if cases is not None else ""
+    print(f"[split] {regime}: {len(labelled)}/{len(ids)} labelled{of_cases} (seed {seed}), eval on {out['eval_split']} "
+          f"-> {out_file}", flush=True)
     return out

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline_src.data.params import VolumeParams
 from pipeline_src.errors import MedrefError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -53,34 +53,6 @@ MASK_ENCODING = "class_index"
 # an affine may differ by float noise between an image and its label map (different writers round the
 # qform differently); a real mismatch (another case, another resampling) is far larger than this
 AFFINE_ATOL_MM = 1e-3
-
-
-class VolumeParams(BaseModel):
-    """``datasets.<ds>.volumes`` in params.yaml (the lead may move this model into data/params.py)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # synthetic generator (source: synthetic); ignored for a real source
-    n_cases: int = Field(8, ge=3)
-    shape: tuple[int, int, int] = (64, 64, 24)
-    seed: int = 0
-    # CT window in HU; the Synapse literature (TransUNet, Swin-UNet, Med-DisSeg) uses [-125, 275]
-    hu_min: float = -125.0
-    hu_max: float = 275.0
-    # slice size after resizing; None -> preprocess.image_size
-    image_size: int | None = Field(None, ge=8)
-    # case-level split: fractions of the cases, each split getting at least one case when there are >= 3
-    val_fraction: float = Field(0.125, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.25, ge=0.0, lt=1.0)
-    split_seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> VolumeParams:
-        if self.hu_max <= self.hu_min:
-            raise ValueError(f"hu_max ({self.hu_max}) must be greater than hu_min ({self.hu_min})")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("val_fraction + test_fraction must leave some training cases (< 1)")
-        return self
 
 
 # ---- reading and validation ---------------------------------------------------------------------------------
@@ -199,7 +171,8 @@ def load_case(
     if not np.allclose(im.affine, lb.affine, atol=AFFINE_ATOL_MM, rtol=0):
         raise MedrefError(
             f"{label_path}: affine differs from image {image_path} "
-            f"(max difference {np.abs(im.affine - lb.affine).max():.4g}):\n{lb.affine}\nvs\n{im.affine}"
+            f"(max difference {np.abs(im.affine - lb.affine).max():.4g} mm): "
+            f"{np.round(lb.affine, 4).tolist()} vs {np.round(im.affine, 4).tolist()}"  # one line: the CLI prints one
         )
     if not np.issubdtype(lab.dtype, np.integer):
         rounded = np.rint(lab)

@@ -7,6 +7,9 @@ QaTa sample ships no test images). :func:`evaluate_predictor` is the one inferen
 training calls it for validation (``distances=False`` skips the slow surface metrics), so the
 numbers a run selects checkpoints by are computed exactly like the reported ones.
 
+Multi-class volumes (kind volumes): slices are re-stacked per case and scored in 3-D per class
+(:func:`evaluate_volumes`); per_sample.csv then has one row per case x class and per_class.md the table.
+
 eval/<regime>/ holds per_sample.csv, dice_hist.png, overlays/<kind>_<k>.png for the best, median and
 worst samples, and samples.npz (those samples' image, mask, prediction, text) so that ``report``
 never needs a model.
@@ -111,6 +114,54 @@ def evaluate_predictor(
     return summary, df
 
 
+def evaluate_volumes(predictor: Any, dataset: Any, shards_dir: Path, batch_size: int = 32, progress: bool = True,
+                     desc: str = "eval") -> tuple[dict, Any]:
+    """Multi-class volumes: argmax of ``predictor.predict`` per slice, re-stacked per case, scored in 3-D
+    (``multiclass.VolumeAccumulator``: per-class Dice and HD95 in mm per case, absent-class rules there).
+
+    Returns (summary, per_case_class DataFrame). The summary holds ``mean_dice`` / ``mean_hd95`` (mean of
+    the per-class means, Synapse "average DSC"), ``per_class``, ``per_case``, ``n`` (slices), ``n_cases``, and
+    for the cross-dataset report table ``dice`` (= mean_dice) and ``dice_global`` (per class pooled over the
+    cases' voxels, then the class mean). Distances are left out of the px-unit columns: HD95 here is in mm.
+    """
+    import pandas as pd
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from pipeline_src.data.dataset import load_manifest
+    from pipeline_src.evaluate.multiclass import CASE_COLUMNS, VolumeAccumulator
+
+    labels = load_manifest(shards_dir)["labels"]
+    acc = VolumeAccumulator(labels)
+    device = getattr(predictor, "device", "cpu")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            probs = predictor.predict(batch["image"].to(device), list(batch["text"]))
+            if probs.shape[1] != len(labels):
+                raise MedrefError(f"model predicts {probs.shape[1]} classes but {shards_dir} has {len(labels)}")
+            acc.add(list(batch["case_id"]), batch["slice_index"].tolist(), probs.argmax(1).numpy(),
+                    batch["mask"].numpy(), batch["spacing"].numpy())
+    out = acc.compute()
+    rows = out.pop("per_case_class")
+    pooled = []
+    for c in out["per_class"]:
+        rs = [x for x in rows if x["class_index"] == c["class_index"] and x["dice"] is not None]
+        den = sum(x["gt_voxels"] + x["pred_voxels"] for x in rs)
+        if den:
+            pooled.append(sum(x["dice"] * (x["gt_voxels"] + x["pred_voxels"]) for x in rs) / den)
+    summary = {
+        "n": len(dataset),
+        **out,
+        "dice": out["mean_dice"],
+        "dice_global": float(np.mean(pooled)) if pooled else None,
+        "hd95_unit": "mm",
+        "labels": labels,
+    }
+    return summary, pd.DataFrame(rows, columns=list(CASE_COLUMNS))
+
+
 def alignment_scores(img: np.ndarray, txt: np.ndarray, texts: Sequence[str], regions: np.ndarray | None) -> dict:
     """Image->text retrieval among the evaluation set, with its chance level.
 
@@ -184,6 +235,7 @@ def run(
         raise MedrefError(f"{model_dir}/model.pt: no trained model (run `medref train {regime}` first)")
     r = params.regime(regime)
     ep = params.eval
+    torch.set_num_threads(params.base.cpu_threads)  # same bits as any engine/launcher (see base.cpu_threads)
     split = eval_split(shards_dir)
     regions = read_regions(labels_file)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -191,6 +243,21 @@ def run(
     dataset = ShardDataset(shards_dir, split)
     if len(dataset) == 0:
         raise MedrefError(f"{shards_dir}: the {split!r} split has no rows; nothing to evaluate")
+    if dataset.class_index:  # multi-class volumes: per-case 3-D metrics per class
+        summary, per_case = evaluate_volumes(predictor, dataset, shards_dir, ep.batch_size, desc=f"eval {regime}")
+        metrics = {
+            "regime": regime, "dataset": r.dataset, "method": r.method, "fraction": r.fraction, "eval_split": split,
+            **summary,
+            "eval_params": ep.model_dump(mode="json"),
+            "provenance": _provenance(params, regime, model_dir, shards_dir, labels_file, device),
+        }
+        with atomic_dir(out_dir) as tmp:
+            per_case.to_csv(tmp / "per_sample.csv", index=False, float_format="%.6g")
+            from pipeline_src.evaluate.multiclass import format_table
+
+            (tmp / "per_class.md").write_text(format_table(summary))
+        write_json(metrics_file, metrics)
+        return metrics
 
     # Keep predictions bit-packed (N*H*W/8 bytes) so overlays can be drawn after ranking.
     packed: list[np.ndarray] = []

@@ -244,6 +244,11 @@ def markdown(ours: list[dict], pub: list[dict], metrics: list[dict], overlays: d
     if not ours:
         w("_No regime metrics found._\n\n")
     w("![Dice vs labelled fraction](dice_vs_fraction.png)\n\n")
+    for m in sorted((m for m in metrics if m.get("per_class")), key=lambda m: m["regime"]):
+        from pipeline_src.evaluate.multiclass import format_table
+
+        w(f"## Per-class Dice (%) and HD95 (mm), {m['regime']} ({m['dataset']}, {m.get('eval_split')}: "
+          f"{m.get('n_cases')} cases, 3-D per case)\n\n" + format_table(m) + "\n")
     regions = _region_table(metrics)
     if regions:
         w("## Per-region Dice (%) by the lung region the text names (n in brackets)\n\n" + regions + "\n\n")

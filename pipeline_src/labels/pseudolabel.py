@@ -99,7 +99,18 @@ def run(params, dataset: str, shards_dir: Path, out_file: Path, metrics_file: Pa
     pp = params.pseudolabel.model_dump()
     all_cols: dict[str, list] = {k: [] for k in schema().names}
     per_split = {}
+    # volumes (multi-organ CT) have no report text and no lung regions: the file still lists every id, with
+    # unknown (null) regions, so train/eval read one labels format for every dataset kind
+    no_text = manifest.get("kind") == "volumes"
     for split in sorted(manifest["splits"]):
+        if no_text:
+            ids = read_table(shards_dir, split, columns=["id"])["id"].to_pylist()
+            cols = {"id": ids, "split": [split] * len(ids), "text": [""] * len(ids), "text_regions": [None] * len(ids),
+                    "mask_regions": [None] * len(ids), "n_areas": [None] * len(ids), "position_spans": [[]] * len(ids)}
+            per_split[split] = {"rows": len(ids), "text_known": 0, "coverage": 0.0 if ids else None}
+            for k in all_cols:
+                all_cols[k].extend(cols[k])
+            continue
         table = read_table(shards_dir, split, columns=["id", "split", "text", "image", "mask", "height", "width"])
         cols = label_split(table, pp)
         per_split[split] = report(cols)
@@ -114,7 +125,9 @@ def run(params, dataset: str, shards_dir: Path, out_file: Path, metrics_file: Pa
     metrics = {
         "dataset": dataset,
         "regions": list(REGIONS),
-        "all": report(all_cols),
+        "all": {"rows": len(all_cols["id"]), "text_known": 0,
+                "note": "kind volumes: no report text, position labels not applicable (all null)"}
+        if no_text else report(all_cols),
         "splits": per_split,
         "provenance": provenance.block(
             {"pseudolabel": pp}, PARAMS_KEYS, {"manifest": Path(shards_dir) / "manifest.json"}

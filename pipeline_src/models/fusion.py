@@ -41,13 +41,13 @@ class TextGuide(nn.Module):
 
 
 class GuideDecoder(nn.Module):
-    def __init__(self, enc_channels: list[int], dim: int, text_dim: int | None, heads: int = 4):
+    def __init__(self, enc_channels: list[int], dim: int, text_dim: int | None, heads: int = 4, n_classes: int = 1):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in enc_channels)
         self.fuse = nn.ModuleList(conv_bn_relu(2 * dim, dim) for _ in enc_channels[:-1])
         n = len(enc_channels)
         self.guides = nn.ModuleList(TextGuide(dim, text_dim, heads) for _ in range(n)) if text_dim else None
-        self.head = nn.Conv2d(dim, 1, 1)
+        self.head = nn.Conv2d(dim, n_classes, 1)
 
     def forward(self, feats: list[torch.Tensor], text: torch.Tensor | None = None,
                 pad: torch.Tensor | None = None) -> torch.Tensor:

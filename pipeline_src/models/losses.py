@@ -1,4 +1,4 @@
-"""Losses: Dice + BCE on logits (optionally pixel-weighted), ITCL, and the dispersive-loss hook.
+"""Losses: Dice + BCE on logits (optionally pixel-weighted), multi-class Dice + CE, ITCL, the dispersive-loss hook.
 
 BCE uses a real sigmoid (``binary_cross_entropy_with_logits``): some anchors' DiceCE computes a
 softmax cross-entropy over one channel, which is identically 0.
@@ -29,6 +29,23 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     has = (weight.flatten(1).sum(1) > 0).float()  # images with no kept pixel do not vote
     dice = (dice * has).sum() / has.sum().clamp_min(1.0)
     return bce + dice
+
+
+def dice_ce(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Multi-class: softmax cross-entropy + soft Dice over the foreground classes (nnU-Net's DC_and_CE, batch
+    Dice, background excluded). ``logits`` [B,C,H,W]; ``target`` class indices [B,H,W] or [B,1,H,W] (any dtype).
+
+    A class absent from the batch adds a Dice term that is 0 once its predicted mass is 0 (smooth / smooth),
+    so absent organs push the prediction towards empty instead of giving NaN."""
+    b, c = logits.shape[:2]
+    t = target.reshape(b, *logits.shape[2:]).long()
+    ce = F.cross_entropy(logits, t)
+    p = logits.softmax(1)
+    onehot = F.one_hot(t, c).permute(0, 3, 1, 2).to(p.dtype)
+    inter = (p * onehot).sum((0, 2, 3))
+    denom = p.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = 1 - (2 * inter + smooth) / (denom + smooth)
+    return ce + dice[1:].mean()
 
 
 def confidence_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:

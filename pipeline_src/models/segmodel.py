@@ -4,7 +4,7 @@ Forward contract (every architecture in ``pipeline_src.models.ARCHS`` follows it
 loop, the methods and the predictor never branch on the architecture)::
 
     model(images [B,1,H,W], tokens LongTensor[B,L] | None) -> {
-        "logits":  [B,1,H,W]  mask logits at input resolution,
+        "logits":  [B,C,H,W]  logits at input resolution (C = cfg.n_classes: 1 = binary sigmoid, else softmax),
         "img_emb": [B,D]      pooled image embedding (ITCL, alignment score),
         "txt_emb": [B,D] | None  pooled text embedding,
         "feats":   list of encoder feature maps, shallow to deep (dispersive-loss hook),
@@ -34,7 +34,8 @@ class SegModel(nn.Module):
             self.text = TextEncoder(cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.context_length,
                                     cfg.embed_dim, cfg.text_weights)
             text_dim = self.text.width
-        self.decoder = GuideDecoder(self.image.channels, cfg.decoder_dim, text_dim, cfg.decoder_heads)
+        self.decoder = GuideDecoder(self.image.channels, cfg.decoder_dim, text_dim, cfg.decoder_heads,
+                                    getattr(cfg, "n_classes", 1))
         self.img_proj = nn.Linear(self.image.channels[-1], cfg.embed_dim)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None) -> dict:

@@ -72,7 +72,9 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        return torch.sigmoid(self._forward(images, texts)["logits"].float()).cpu()
+        """[B,1,H,W] foreground probability (binary model) or [B,C,H,W] class probabilities (softmax, C > 1)."""
+        logits = self._forward(images, texts)["logits"].float()
+        return (torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)).cpu()
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -81,6 +83,25 @@ class Predictor:
         txt = out["txt_emb"]
         return F.normalize(out["img_emb"].float(), dim=-1).cpu(), (
             None if txt is None else F.normalize(txt.float(), dim=-1).cpu())
+
+
+def _recover(model_dir: Path) -> str:
+    return (f"restore it with `dvc checkout {model_dir}` (or retrain: `dvc repro -f train@{model_dir.name}` / "
+            f"`medref train {model_dir.name}`)")
+
+
+def _verify_model_file(model_dir: Path, path: Path) -> None:
+    """model.pt against the sha256 that training recorded in provenance.json (older models have none)."""
+    from pipeline_src.utils.io import sha256_file
+
+    prov = model_dir / "provenance.json"
+    try:
+        expected = json.loads(prov.read_text()).get("model_sha256") if prov.is_file() else None
+    except ValueError as e:
+        raise MedrefError(f"{prov}: not valid JSON ({e}); {_recover(model_dir)}") from e
+    if expected is not None and (digest := sha256_file(path)) != expected:
+        raise MedrefError(f"{path}: corrupted or modified model file (sha256 {digest[:12]} != {expected[:12]} "
+                          f"recorded in {prov.name}); {_recover(model_dir)}")
 
 
 def load_predictor(model_dir: str | Path, device: str = "cpu") -> Predictor:
@@ -92,7 +113,11 @@ def load_predictor(model_dir: str | Path, device: str = "cpu") -> Predictor:
     path = model_dir / "model.pt"
     if not path.is_file():
         raise MedrefError(f"{path}: no trained model (run `medref train` for this regime first)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    _verify_model_file(model_dir, path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle error...: all mean a damaged file
+        raise MedrefError(f"{path}: unreadable model file ({type(e).__name__}: {e}); {_recover(model_dir)}") from e
     mcfg = ModelParams.model_validate(blob["model_config"])
     # The saved state dict holds every weight: do not re-read init files (absent on a collaborator's machine).
     # A local-dir: text tower stays, because it also defines the tower's architecture and tokenizer.

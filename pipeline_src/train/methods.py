@@ -58,7 +58,10 @@ class Supervised:
         return augment.hflip(batch, gen, a.flip_p, a.flip_text)
 
     def supervised_loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict]:
-        loss = losses.dice_bce(out["logits"], batch["masks"])
+        if out["logits"].shape[1] > 1:  # multi-class head (volumes): masks hold class indices
+            loss = losses.dice_ce(out["logits"], batch["masks"])
+        else:
+            loss = losses.dice_bce(out["logits"], batch["masks"])
         logs = {"loss_sup": loss.detach()}
         d = self.cfg.dispersive
         if d.weight > 0:

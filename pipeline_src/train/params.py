@@ -35,6 +35,9 @@ class ModelParams(Strict):
     # outputs, adaptive multi-scale calibration decoder
     ssa: bool = True
     amc: bool = True
+    # output channels: 1 = binary (sigmoid); C = softmax over C classes, background included. Set by the train
+    # stage from the shards manifest (a volumes dataset's n_classes), saved in model.pt; not a knob to tune
+    n_classes: int = Field(1, ge=1)
 
 
 class SSLParams(Strict):
@@ -101,6 +104,9 @@ class TrainParams(Strict):
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     checkpoint_every: int = Field(50, ge=1)  # steps; plus one at the end
+    # a labelled set smaller than batch_size: "error" (checked by `medref train` before any work) or "cap" the
+    # labelled batch at the set size (tiny synthetic demo regimes: 1 % of 200 images = 2). Not a result key.
+    small_labelled: Literal["error", "cap"] = "error"
     precise_bn_batches: int = Field(8, ge=0)  # recompute BN running stats on the final weights (0 = off)
     val_max: int = Field(64, ge=0)  # validation images scored per epoch (0 = none)
     device: Literal["auto", "cpu", "cuda"] = "auto"

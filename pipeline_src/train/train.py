@@ -34,10 +34,10 @@ from pipeline_src.models import build_model
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.train.methods import METHODS
-from pipeline_src.utils.io import atomic_dir, sha256_json, write_json
+from pipeline_src.utils.io import atomic_dir, sha256_file, sha256_json, write_json
 
 # Keys that do not change the result: a checkpoint written under other values still resumes.
-NON_RESULT_KEYS = ("max_steps", "checkpoint_every", "val_max", "compile", "device")
+NON_RESULT_KEYS = ("max_steps", "checkpoint_every", "val_max", "compile", "device", "small_labelled")
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
@@ -104,7 +104,12 @@ def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict
         regions.append(list(r) if r is not None else [0] * 6)
         spans.append(s)
     images = torch.from_numpy(np.array(decode_images(table), dtype=np.uint8))[:, None]  # copy: Arrow views are read-only
-    masks = torch.from_numpy(np.array(decode_masks(table), dtype=np.uint8))[:, None]
+    if (table.schema.metadata or {}).get(b"medref.mask_encoding") == b"class_index":
+        from pipeline_src.data.volumes import decode_class_masks  # volumes: class indices, not bits
+
+        masks = torch.from_numpy(np.array(decode_class_masks(table), dtype=np.uint8))[:, None]
+    else:
+        masks = torch.from_numpy(np.array(decode_masks(table), dtype=np.uint8))[:, None]
     return Split(ids_sel, images, masks, texts, spans, torch.tensor(regions, dtype=torch.long).reshape(-1, 6),
                  torch.tensor(known, dtype=torch.bool))
 
@@ -222,15 +227,27 @@ def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 
     was = net.training
     net.eval()
     dices = []
+    inter_c = den_c = 0  # multi-class: per-class sums over the val slices
     for i in range(0, n, bs):
         b = val.batch(list(range(i, min(n, i + bs))), device)
         tokens = tokenize(b["texts"]).to(device) if net.uses_text else None
         with autocast():
-            pred = (net(b["images"], tokens)["logits"].float() > 0).float()
+            logits = net(b["images"], tokens)["logits"].float()
+        if logits.shape[1] > 1:
+            c = logits.shape[1]
+            pred = torch.nn.functional.one_hot(logits.argmax(1), c).flatten(0, 2)
+            gt = torch.nn.functional.one_hot(b["masks"][:, 0].long(), c).flatten(0, 2)
+            inter_c = inter_c + (pred * gt).sum(0)
+            den_c = den_c + pred.sum(0) + gt.sum(0)
+            continue
+        pred = (logits > 0).float()
         inter = (pred * b["masks"]).flatten(1).sum(1)
         den = pred.flatten(1).sum(1) + b["masks"].flatten(1).sum(1)
         dices.append(torch.where(den > 0, 2 * inter / den.clamp_min(1), torch.ones_like(den)))
     net.train(was)
+    if not dices:  # multi-class: mean over foreground classes present (prediction or truth) of the slice Dice
+        d = (2 * inter_c / den_c.clamp_min(1))[1:][den_c[1:] > 0]
+        return {"val_dice": float(d.float().mean())} if len(d) else {}
     return {"val_dice": float(torch.cat(dices).mean())}
 
 
@@ -261,12 +278,28 @@ def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Pa
     shards_dir, labels_file, split_file = Path(shards_dir), Path(labels_file), Path(split_file)
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     cfg = params.train_for(regime)
+    torch.set_num_threads(params.base.cpu_threads)  # see base.cpu_threads: bit-identical weights across engines
     method_name = params.regime(regime).method
     if method_name not in METHODS:
         raise MedrefError(f"params.yaml: regimes.{regime}.method: {method_name!r} has no training method")
     Method = METHODS[method_name]
     if Method.arch is not None and Method.arch != cfg.model.arch:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"arch": Method.arch})})
+    # multi-class (volumes): the head has one channel per class of the shards (background included)
+    from pipeline_src.data.dataset import is_class_index, load_manifest
+
+    manifest = load_manifest(shards_dir)
+    n_classes = int(manifest["n_classes"]) if is_class_index(manifest) else 1
+    if n_classes > 1:
+        if Method.needs_unlabelled or Method.has_teacher:
+            raise MedrefError(f"params.yaml: regimes.{regime}.method: {method_name!r} is binary-only (sigmoid "
+                              f"pseudo-labels); a multi-class dataset ({n_classes} classes) needs a supervised method")
+        if cfg.augment.flip_p > 0:
+            raise MedrefError(f"params.yaml: regimes.{regime}.train.augment.flip_p must be 0 for a multi-class volumes "
+                              "dataset: a horizontal flip swaps left/right organs (kidneys, liver/spleen) but not "
+                              "their labels")
+    if cfg.model.n_classes != n_classes:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"n_classes": n_classes})})
     seed = params.base.seed
     device = pick_device(cfg)
     seed_everything(seed, device)
@@ -394,8 +427,9 @@ def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Pa
         ckpt_io.save_torch({"state_dict": sd, "model_config": mcfg, "method": method_name, "regime": regime},
                            tmp / "model.pt")
         write_json(tmp / "config.json", config)
-        write_json(tmp / "provenance.json", _provenance(params, regime, shards_dir, labels_file, split_file,
-                                                        elapsed, step))
+        # model_sha256: load_predictor checks it, so a modified/truncated model.pt is caught before use
+        write_json(tmp / "provenance.json", {"model_sha256": sha256_file(tmp / "model.pt"), **_provenance(
+                   params, regime, shards_dir, labels_file, split_file, elapsed, step)})
         _write_live(tmp / "live", history, config)
     return out_dir
 

@@ -5,6 +5,7 @@ rule download:
     input:
         "pipeline_src/data/download.py",
         "pipeline_src/data/synthetic.py",
+        "pipeline_src/data/synthetic_volumes.py",
     output:
         directory("data/raw/{dataset}"),
     log:
@@ -21,6 +22,7 @@ rule preprocess:
     input:
         "data/raw/{dataset}",
         "pipeline_src/data/preprocess.py",
+        "pipeline_src/data/volumes.py",
     output:
         directory("data/shards/{dataset}"),
     log:
@@ -28,7 +30,7 @@ rule preprocess:
     conda:
         "../envs/medref.yaml"
     params:
-        kind=lambda w: config["datasets"][w.dataset]["kind"],
+        dataset=lambda w: config["datasets"][w.dataset],
         preprocess=config["preprocess"],
     shell:
         "medref preprocess {wildcards.dataset} > {log} 2>&1"

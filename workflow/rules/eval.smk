@@ -9,6 +9,7 @@ rule eval:
         "data/splits/{regime}.json",
         "pipeline_src/evaluate/evaluate.py",
         "pipeline_src/evaluate/metrics.py",
+        "pipeline_src/evaluate/multiclass.py",
     output:
         directory("eval/{regime}"),
         "metrics/{regime}.json",
@@ -17,6 +18,7 @@ rule eval:
     conda:
         "../envs/medref.yaml"
     params:
+        cpu_threads=config["base"]["cpu_threads"],
         eval=config["eval"],
     shell:
         "medref eval {wildcards.regime} > {log} 2>&1"
