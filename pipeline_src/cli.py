@@ -6,7 +6,7 @@ nothing else. Heavy modules (torch, pyarrow) are imported inside the handlers so
 
     medref download qata          # data/raw/qata/
     medref preprocess qata        # data/shards/qata/
-    medref pseudolabel qata       # data/labels/qata.parquet + metrics/labels/qata.json
+    medref pseudolabel qata       # data/labels/qata.parquet + data/labels/qata.agreement.json
     medref split qata_10pct       # data/splits/qata_10pct.json
     medref train qata_10pct       # models/qata_10pct/
     medref eval qata_10pct        # metrics/qata_10pct.json + eval/qata_10pct/
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dataset")
     sp.add_argument("--shards", help="shards folder (default: data/shards/<dataset>)")
     sp.add_argument("--out", help="labels file (default: data/labels/<dataset>.parquet)")
-    sp.add_argument("--metrics", help="agreement metrics (default: metrics/labels/<dataset>.json)")
+    sp.add_argument("--metrics", help="agreement metrics (default: data/labels/<dataset>.agreement.json)")
 
     sp = add("split", cmd_split, "Seeded, nested labelled/unlabelled selection of training ids for a regime.")
     sp.add_argument("regime")

@@ -34,7 +34,9 @@ def labels_file(dataset: str) -> Path:
 
 
 def label_metrics_file(dataset: str) -> Path:
-    return METRICS / "labels" / f"{dataset}.json"
+    # beside the labels, not under metrics/: the report depends on metrics/ (every regime's
+    # result) and must not pull in the label stages of datasets no regime uses
+    return LABELS / f"{dataset}.agreement.json"
 
 
 def split_file(regime: str) -> Path:

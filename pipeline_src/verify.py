@@ -47,6 +47,21 @@ def chain(params_raw: dict[str, Any], regime: str) -> list[str]:
     ]
 
 
+def _dotted(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _changed_keys(prefix: str, old: Any, new: Any) -> list[str]:
+    """Dotted keys whose values differ between two params trees (``eval.threshold: 0.5 -> 0.3``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for sub in sorted(old.keys() | new.keys())
+                for k in _changed_keys(f"{prefix}.{sub}", old.get(sub), new.get(sub))]
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
 def _load_lock(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise MedrefError(f"{path}: not found; run `dvc repro` first (nothing is recorded to verify)")
@@ -121,8 +136,11 @@ def verify(regime: str, repo: Path = Path("."), keep: bool = False, log=print) -
                 for kind, items in change.items():
                     if isinstance(items, dict):
                         for path, what in items.items():
-                            if isinstance(what, dict):  # params: {"eval.threshold": "modified"}
-                                what = ", ".join(f"{k} {v}" for k, v in what.items())
+                            if isinstance(what, dict):  # params: {"eval": "modified"} -> name the leaf keys
+                                recorded = lock[stage].get("params", {}).get(path, {})
+                                keys = [k for group in what for k in _changed_keys(group, recorded.get(group),
+                                                                                  _dotted(params_raw, group))]
+                                what = ", ".join(keys or [f"{k} {v}" for k, v in what.items()])
                             log(f"FAIL: {stage}: {kind}: {path} ({what}) differs from dvc.lock")
                             return False
             else:

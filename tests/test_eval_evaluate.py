@@ -14,6 +14,7 @@ import torch
 from pipeline_src.evaluate import evaluate as E
 from pipeline_src.evaluate import metrics as M
 from pipeline_src.params import Params
+from pipeline_src.utils.io import sha256_file
 
 H = W = 32
 TEXTS = ["lesion in upper left lung", "lesion in lower right lung", "bilateral, left upper and right lower"]
@@ -88,7 +89,8 @@ def write_shards(root: Path, n_val: int = 5, n_test: int = 7, seed: int = 0) -> 
             )
             (shards / split).mkdir(parents=True)
             pq.write_table(t, shards / split / "part-00000.parquet")
-            shards_info.append({"path": f"{split}/part-00000.parquet", "rows": n, "sha256": "x"})
+            shard = shards / split / "part-00000.parquet"
+            shards_info.append({"path": f"{split}/part-00000.parquet", "rows": n, "sha256": sha256_file(shard)})
         manifest["splits"][split] = {"rows": n, "shards": shards_info}
     manifest["digest"] = "d" * 64
     (shards / "manifest.json").write_text(json.dumps(manifest))

@@ -43,18 +43,19 @@ def _clone(origin: Path, dest: Path) -> Path:
     return dest
 
 
-def _round_trip(origin: Path, clone: Path, remote_args: list[str], local_cfg: list[list[str]]) -> None:
-    run([tool("dvc"), "remote", "add", "-f", "shared", *remote_args], origin)
+def _round_trip(origin: Path, clone: Path, remote_args: list[str], local_cfg: list[list[str]],
+                name: str = "shared") -> None:
+    run([tool("dvc"), "remote", "add", "-d", "-f", name, *remote_args], origin)
     for cfg in local_cfg:
-        run([tool("dvc"), "remote", "modify", "--local", "shared", *cfg], origin)
-    run([tool("dvc"), "push", "--run-cache", "-r", "shared"], origin)
+        run([tool("dvc"), "remote", "modify", "--local", name, *cfg], origin)
+    run([tool("dvc"), "push", "--run-cache", "-r", name], origin)
 
     _clone(origin, clone)
-    run([tool("dvc"), "remote", "add", "-f", "shared", *remote_args], clone)
+    run([tool("dvc"), "remote", "add", "-d", "-f", name, *remote_args], clone)
     for cfg in local_cfg:
-        run([tool("dvc"), "remote", "modify", "--local", "shared", *cfg], clone)
+        run([tool("dvc"), "remote", "modify", "--local", name, *cfg], clone)
     # one command for the collaborator: fetch what each stage needs instead of recomputing
-    out = run([tool("dvc"), "repro", "--pull", "-r", "shared", f"eval@{REGIME}"], clone)
+    out = run([tool("dvc"), "repro", "--pull", f"eval@{REGIME}"], clone)
     assert ran_stages(out.stdout) == [], out.stdout
     again = run([tool("dvc"), "repro", f"eval@{REGIME}"], clone)
     assert ran_stages(again.stdout) == [], again.stdout
@@ -66,9 +67,9 @@ def test_local_remote_round_trip_and_verify(origin, tmp_path):
     _round_trip(origin, tmp_path / "collab", [str(tmp_path / "remote")], [])
     # plain `dvc pull` in a second clone restores every output too
     other = _clone(origin, tmp_path / "collab2")
-    run([tool("dvc"), "remote", "add", "-f", "shared", str(tmp_path / "remote")], other)
-    run([tool("dvc"), "pull", "-r", "shared"], other)
-    st = run([tool("dvc"), "status", "--json"], other)
+    run([tool("dvc"), "remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")], other)
+    run([tool("dvc"), "pull", "-r", "shared", "--with-deps", f"eval@{REGIME}"], other)
+    st = run([tool("dvc"), "status", "--json", "--with-deps", f"eval@{REGIME}"], other)
     assert json.loads(st.stdout) == {}, st.stdout
 
     res = run([tool("medref"), "verify", REGIME], tmp_path / "collab", check=False)
@@ -77,10 +78,10 @@ def test_local_remote_round_trip_and_verify(origin, tmp_path):
 
 def test_verify_fails_on_tampered_output_and_param(origin, tmp_path):
     repo = _clone(origin, tmp_path / "tamper")
-    run([tool("dvc"), "remote", "add", "-f", "shared", str(tmp_path / "remote")], origin)
+    run([tool("dvc"), "remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")], origin)
     run([tool("dvc"), "push", "-r", "shared"], origin)
-    run([tool("dvc"), "remote", "add", "-f", "shared", str(tmp_path / "remote")], repo)
-    run([tool("dvc"), "pull", "-r", "shared"], repo)
+    run([tool("dvc"), "remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")], repo)
+    run([tool("dvc"), "pull", "-r", "shared", "--with-deps", f"eval@{REGIME}"], repo)
 
     metrics = repo / f"metrics/{REGIME}.json"
     data = json.loads(metrics.read_text())
@@ -89,7 +90,7 @@ def test_verify_fails_on_tampered_output_and_param(origin, tmp_path):
     res = run([tool("medref"), "verify", REGIME], repo, check=False)
     assert res.returncode == 1 and "FAIL" in res.stdout and f"metrics/{REGIME}.json" in res.stdout, res.stdout
 
-    run([tool("dvc"), "checkout", "--force"], repo)
+    run([tool("dvc"), "checkout", "--force", f"metrics/{REGIME}.json"], repo)
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["eval"]["threshold"] = 0.3
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -144,7 +145,7 @@ def test_s3_round_trip(origin, tmp_path, moto_server):
         ["access_key_id", keys["AWS_ACCESS_KEY_ID"]],
         ["secret_access_key", keys["AWS_SECRET_ACCESS_KEY"]],
     ]
-    _round_trip(origin, tmp_path / "collab-s3", ["s3://medref/cache"], cfg)
+    _round_trip(origin, tmp_path / "collab-s3", ["s3://medref/cache"], cfg, name="s3")
 
 
 def test_experiments_and_diffs(origin, tmp_path):
@@ -156,10 +157,10 @@ def test_experiments_and_diffs(origin, tmp_path):
     assert "lr-up" in flat and "0.001" in flat
 
     repo = _clone(origin, tmp_path / "diffs")
-    run([tool("dvc"), "remote", "add", "-f", "shared", str(tmp_path / "remote")], origin)
+    run([tool("dvc"), "remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")], origin)
     run([tool("dvc"), "push", "-r", "shared"], origin)
-    run([tool("dvc"), "remote", "add", "-f", "shared", str(tmp_path / "remote")], repo)
-    run([tool("dvc"), "pull", "-r", "shared"], repo)
+    run([tool("dvc"), "remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")], repo)
+    run([tool("dvc"), "pull", "-r", "shared", "--with-deps", f"eval@{REGIME}"], repo)
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["eval"]["threshold"] = 0.35
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -167,6 +168,6 @@ def test_experiments_and_diffs(origin, tmp_path):
     assert ran_stages(out.stdout) == [f"eval@{REGIME}"], out.stdout
     run(["git", "commit", "-qam", "lower threshold"], repo)
     pdiff = json.loads(run([tool("dvc"), "params", "diff", "HEAD~1", "--json"], repo).stdout)
-    assert pdiff["params.yaml"]["eval.threshold"] == {"old": 0.5, "new": 0.35}
+    assert {k: pdiff["params.yaml"]["eval.threshold"][k] for k in ("old", "new")} == {"old": 0.5, "new": 0.35}
     mdiff = json.loads(run([tool("dvc"), "metrics", "diff", "HEAD~1", "--json"], repo).stdout)
     assert mdiff.get(f"metrics/{REGIME}.json"), mdiff  # a threshold change moves at least one metric

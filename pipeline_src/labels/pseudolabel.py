@@ -1,6 +1,6 @@
 """Stage ``pseudolabel@<dataset>``: 6-region position labels from the text and from the masks, + agreement.
 
-    medref pseudolabel qata        # data/shards/qata -> data/labels/qata.parquet + metrics/labels/qata.json
+    medref pseudolabel qata        # data/shards/qata -> data/labels/qata.parquet + data/labels/qata.agreement.json
 
 Writes one row per shard row (every split), columns as in docs/CONTRACT.md: ``text_regions`` (null = the text
 does not say where), ``mask_regions`` (null = empty mask), ``n_areas``, ``position_spans`` (for PosAug).

@@ -247,8 +247,11 @@ class MedDisSeg(nn.Module):
         self.img_proj = nn.Linear(chans[-1], cfg.embed_dim)
 
     def features(self, images: Tensor) -> list[Tensor]:
-        """Raw encoder stage features, shallow to deep (what the dispersive loss sees)."""
-        return self.encoder(images)
+        """Raw encoder stage features, shallow to deep (what the dispersive loss sees).
+
+        The [0,1] input is centred as in ``segmodel.py`` (short runs otherwise predict nothing in eval mode:
+        BN's running variance starts at 1 while raw grey pixels have a tiny variance)."""
+        return self.encoder((images - 0.5) / 0.25)
 
     def decode(self, feats: list[Tensor]) -> Tensor:
         """Encoder features -> logits at the finest feature resolution."""

@@ -429,20 +429,21 @@ def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Pa
         write_json(tmp / "config.json", config)
         # model_sha256: load_predictor checks it, so a modified/truncated model.pt is caught before use
         write_json(tmp / "provenance.json", {"model_sha256": sha256_file(tmp / "model.pt"), **_provenance(
-                   params, regime, shards_dir, labels_file, split_file, elapsed, step)})
+                   params, regime, shards_dir, labels_file, split_file, step)})
         _write_live(tmp / "live", history, config)
+    # Wall time is not part of any output (outputs must be byte-identical whichever engine or host ran
+    # them); it goes to the run folder and the log.
+    write_json(run_dir / "timing.json", {"train_seconds": round(elapsed, 3), "steps": step})
+    print(f"[train] {regime}: {step} steps in {elapsed:.1f} s")
     return out_dir
 
 
-def _provenance(params, regime, shards_dir, labels_file, split_file, elapsed: float, steps: int) -> dict:
-    try:
-        from pipeline_src import provenance
-    except ImportError:  # the lead's module; keep training usable without it
-        return {"train_seconds": round(elapsed, 3), "steps": steps}
+def _provenance(params, regime, shards_dir, labels_file, split_file, steps: int) -> dict:
+    from pipeline_src import provenance
+
     raw = params.model_dump(mode="json")
     block = provenance.block(raw, ["base", "train", f"regimes.{regime}"],
                              {"shards": shards_dir, "labels": labels_file, "split": split_file})
-    block["train_seconds"] = round(elapsed, 3)  # informative only: not part of any digest
     block["steps"] = steps
     return block
 

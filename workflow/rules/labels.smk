@@ -7,7 +7,7 @@ rule pseudolabel:
         "pipeline_src/labels",
     output:
         "data/labels/{dataset}.parquet",
-        "metrics/labels/{dataset}.json",
+        "data/labels/{dataset}.agreement.json",
     log:
         "logs/pseudolabel/{dataset}.log",
     conda:
