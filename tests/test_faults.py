@@ -181,18 +181,22 @@ def test_kill_during_train_resumes_to_identical_weights(ws, labelled, reference_
 @pytest.mark.slow
 def test_two_dvc_repro_at_once_one_waits_or_fails_clearly(tmp_path):
     repo = make_scratch_repo(tmp_path / "repo", regimes=["qata_10pct"])
-    cmd = [tool("dvc"), "repro", "split@qata_10pct"]
+    cmd = [tool("dvc"), "repro", "eval@qata_10pct"]
     first = subprocess.Popen(cmd, cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    end = time.monotonic() + 60
-    while not (repo / "data").exists() and first.poll() is None and time.monotonic() < end:
-        time.sleep(0.02)  # the first holds the repo lock once it has started a stage
+    end = time.monotonic() + 120
+    # wait until the split is written: the first then starts `train` (seconds: a process start with torch and
+    # open_clip imports, then training), so it certainly still holds the repo lock when the second starts.
+    # (The data stages alone take ~3 s in all; waiting on them raced with a fast first run.)
+    while not (repo / "data/splits/qata_10pct.json").exists() and first.poll() is None and time.monotonic() < end:
+        time.sleep(0.02)
+    assert first.poll() is None, "the first dvc repro finished before the second could start"
     second = subprocess.run(cmd, cwd=repo, env=env(), capture_output=True, text=True)
     out1 = first.communicate()[0]
     assert first.returncode == 0, out1
     assert second.returncode != 0, second.stdout
     # the repo lock ("Unable to acquire lock") or the output rwlock ("... is busy, it is being blocked by: (PID")
     assert re.search(r"Unable to acquire lock|is busy, it is being blocked by", second.stdout + second.stderr), second
-    status = run([tool("dvc"), "status", "split@qata_10pct"], repo)
+    status = run([tool("dvc"), "status", "eval@qata_10pct"], repo)
     assert "up to date" in status.stdout or status.stdout.strip() in ("", "{}"), status.stdout
     again = run(cmd, repo)
     assert "Running stage" not in again.stdout, again.stdout
