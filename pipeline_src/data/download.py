@@ -199,19 +199,7 @@ def run(params, dataset: str, out_dir: Path) -> Path:
     if dp.kind == "volumes":
         return _run_volumes(dp, dataset, kind_src, path, source_digest, out_dir)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src.", dir=out_dir.parent) as tmp:
-        if kind_src == "synthetic":
-            sp = dp.synthetic
-            root = synthetic.generate(Path(tmp), dp.kind, n_train=sp.n_train, n_val=sp.n_val, n_test=sp.n_test,
-                                      image_size=sp.image_size, seed=sp.seed, max_distractors=sp.max_distractors,
-                                      size=sp.size)
-        elif kind_src == "archive":
-            assert path is not None
-            _log(f"extracting {path}")
-            safe_extract(path, Path(tmp))
-            root = _single_root(Path(tmp))
-        else:
-            assert path is not None
-            root = path
+        root = _source_root(dp, kind_src, path, Path(tmp))
         pairs = layouts.read_layout(dp.kind, root)
         with atomic_dir(out_dir) as dest:
             normalise(pairs, root, dest)
@@ -228,24 +216,33 @@ def run(params, dataset: str, out_dir: Path) -> Path:
 VOLUME_DIRS = ("imagesTr", "labelsTr")
 
 
+def _source_root(dp, kind_src: str, path: Path | None, tmp: Path) -> Path:
+    """The folder to read the release from: generated into ``tmp`` (synthetic), extracted into ``tmp``
+    (archive), or the source folder itself."""
+    if kind_src == "synthetic":
+        if dp.kind == "volumes":
+            from pipeline_src.data import synthetic_volumes
+
+            v = dp.volumes
+            synthetic_volumes.generate_volumes(tmp / "generated", v.n_cases, v.shape, v.seed)
+            return tmp / "generated"
+        sp = dp.synthetic
+        return synthetic.generate(tmp, dp.kind, n_train=sp.n_train, n_val=sp.n_val, n_test=sp.n_test,
+                                  image_size=sp.image_size, seed=sp.seed, max_distractors=sp.max_distractors,
+                                  size=sp.size)
+    assert path is not None
+    if kind_src == "archive":
+        _log(f"extracting {path}")
+        safe_extract(path, tmp)
+        return _single_root(tmp)
+    return path
+
+
 def _run_volumes(dp, dataset: str, kind_src: str, path: Path | None, source_digest: str, out_dir: Path) -> Path:
     """kind: volumes -> data/raw/<ds>/{imagesTr,labelsTr}/ + dataset.json (nnU-Net layout, files copied as they
     are; preprocess validates them) + checksums.json. Synthetic: pipeline_src/data/synthetic_volumes.py."""
-    from pipeline_src.data import synthetic_volumes
-
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src.", dir=out_dir.parent) as tmp:
-        if kind_src == "synthetic":
-            v = dp.volumes
-            root = Path(tmp) / "generated"
-            synthetic_volumes.generate_volumes(root, v.n_cases, v.shape, v.seed)
-        elif kind_src == "archive":
-            assert path is not None
-            _log(f"extracting {path}")
-            safe_extract(path, Path(tmp))
-            root = _single_root(Path(tmp))
-        else:
-            assert path is not None
-            root = path
+        root = _source_root(dp, kind_src, path, Path(tmp))
         missing = [n for n in (*VOLUME_DIRS, "dataset.json") if not (root / n).exists()]
         if missing:
             raise MedrefError(f"{root}: not a volumes dataset (nnU-Net layout): missing {', '.join(missing)} "

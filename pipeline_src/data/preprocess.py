@@ -39,13 +39,13 @@ AMBIGUOUS_LO, AMBIGUOUS_HI = 32, 223
 STRING_COLUMNS = ["id", "split", "text", "source_image", "source_mask", "image_sha256", "mask_sha256"]
 
 
-def schema(image_size: int) -> pa.Schema:
-    n = image_size * image_size
-    return pa.schema([
+def base_fields(image_size: int, mask_bytes: int) -> list[tuple[str, pa.DataType]]:
+    """The shard columns every dataset kind has (CONTRACT.md); volumes append their own after these."""
+    return [
         ("id", pa.string()),
         ("split", pa.string()),
-        ("image", pa.binary(n)),
-        ("mask", pa.binary((n + 7) // 8)),
+        ("image", pa.binary(image_size * image_size)),
+        ("mask", pa.binary(mask_bytes)),
         ("height", pa.int32()),
         ("width", pa.int32()),
         ("text", pa.string()),
@@ -53,7 +53,12 @@ def schema(image_size: int) -> pa.Schema:
         ("source_mask", pa.string()),
         ("image_sha256", pa.string()),
         ("mask_sha256", pa.string()),
-    ])
+    ]
+
+
+def schema(image_size: int) -> pa.Schema:
+    n = image_size * image_size
+    return pa.schema(base_fields(image_size, (n + 7) // 8))  # masks bit-packed
 
 
 def _log(msg: str) -> None:

@@ -350,22 +350,14 @@ def _rel(p: Path, root: Path) -> str:
 def shard_schema(size: int, n_classes: int, labels: dict[str, int] | None = None):
     import pyarrow as pa
 
+    from pipeline_src.data.preprocess import base_fields
+
     meta = {b"medref.mask_encoding": MASK_ENCODING.encode(), b"medref.n_classes": str(n_classes).encode()}
     if labels is not None:
         meta[b"medref.labels"] = json.dumps(labels, sort_keys=True).encode()
     return pa.schema(
         [
-            ("id", pa.string()),
-            ("split", pa.string()),
-            ("image", pa.binary(size * size)),
-            ("mask", pa.binary(size * size)),
-            ("height", pa.int32()),
-            ("width", pa.int32()),
-            ("text", pa.string()),
-            ("source_image", pa.string()),
-            ("source_mask", pa.string()),
-            ("image_sha256", pa.string()),
-            ("mask_sha256", pa.string()),
+            *base_fields(size, size * size),  # mask: one uint8 class index per pixel, not bit-packed
             ("case_id", pa.string()),
             ("slice_index", pa.int32()),
             ("n_classes", pa.int32()),
