@@ -15,6 +15,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 
+@pytest.fixture(autouse=True)
+def _cwd_is_restored():
+    """Fail a test that leaves the process in another directory.
+
+    Passing tests' tmp_path folders are deleted (tmp_path_retention_policy), so a leaked
+    chdir into one would leave every later test in a deleted directory.
+    """
+    before = os.getcwd()
+    yield
+    try:
+        after = os.getcwd()
+    except FileNotFoundError:
+        after = "<a deleted directory>"
+    if after != before:
+        os.chdir(before)
+        pytest.fail(f"the test left the working directory at {after} (was {before})")
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

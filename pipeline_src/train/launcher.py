@@ -22,6 +22,7 @@ cancelled, so no orphan is left in the queue.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -215,17 +216,19 @@ class TrainJob(submitit.helpers.Checkpointable):
         from pipeline_src import params as params_mod
 
         k = self.kwargs
-        os.chdir(k["cwd"])  # provenance (git) and any relative path behave as in the caller
-        params_file = Path(k["params_file"])
-        digest = _file_digest(params_file)
-        if digest != k["params_sha256"]:
-            raise MedrefError(
-                f"{params_file}: changed since the job was submitted (sha256 {digest[:12]} != {k['params_sha256'][:12]});"
-                " resubmit so the result matches the params"
-            )
-        p = params_mod.load(params_file)
-        paths = {name: Path(v) for name, v in k["paths"].items()}
-        return _call_train(k["target"], p, k["regime"], paths, k["resume"])
+        # Provenance (git) and any relative path behave as in the caller. Restored afterwards,
+        # so calling a job in-process (tests, debugging) leaves the caller where it was.
+        with contextlib.chdir(k["cwd"]):
+            params_file = Path(k["params_file"])
+            digest = _file_digest(params_file)
+            if digest != k["params_sha256"]:
+                raise MedrefError(
+                    f"{params_file}: changed since the job was submitted (sha256 {digest[:12]} != {k['params_sha256'][:12]});"
+                    " resubmit so the result matches the params"
+                )
+            p = params_mod.load(params_file)
+            paths = {name: Path(v) for name, v in k["paths"].items()}
+            return _call_train(k["target"], p, k["regime"], paths, k["resume"])
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         fresh = type(self)(**{**self.kwargs, "resume": True})
