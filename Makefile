@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip==26.3"
-	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-cache-dir -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@# Let `.venv/bin/dvc repro` / `.venv/bin/snakemake` find `medref` without activating
 	@# the venv: a .pth line puts the venv's bin/ first on PATH for its own processes.
