@@ -106,6 +106,7 @@ def shards(ws):
         medref("preprocess", "qata", "--raw", str(ws["raw"]), "--out", str(out), params=ws["params"]), ws["root"],
         lambda: any(ws["root"].glob(".shards.*.tmp")), rng, 1.0)
     ws["preprocess_killed"] = killed
+    ws["preprocess_litter"] = sorted(p.name for p in ws["root"].glob(".shards.*"))
     return out
 
 
@@ -115,6 +116,10 @@ def test_kill_during_preprocess_leaves_nothing_partial_then_rerun_completes(ws, 
                                 params=ws["params"]), cwd=ws["root"], env=env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert assert_shards_complete_or_absent(shards)
+    # The killed writer's temp sibling (if the kill left one) is swept by the re-run.
+    assert not list(ws["root"].glob(".shards.*")), list(ws["root"].iterdir())
+    for name in ws["preprocess_litter"]:
+        assert f"removed {ws['root'] / name}" in res.stderr
 
 
 @pytest.fixture(scope="module")

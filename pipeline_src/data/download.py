@@ -22,13 +22,12 @@ import csv
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from pipeline_src.data import layouts, synthetic
 from pipeline_src.errors import MedrefError
-from pipeline_src.utils.io import atomic_dir, sha256_file, sha256_json, sha256_tree, write_json
+from pipeline_src.utils.io import atomic_dir, scratch_beside, sha256_file, sha256_json, sha256_tree, write_json
 
 DOWNLOADS = Path("data/downloads")
 # bump when the synthetic generator's output changes, so cached raw folders are regenerated
@@ -198,7 +197,7 @@ def run(params, dataset: str, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if dp.kind == "volumes":
         return _run_volumes(dp, dataset, kind_src, path, source_digest, out_dir)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src.", dir=out_dir.parent) as tmp:
+    with scratch_beside(out_dir) as tmp:
         root = _source_root(dp, kind_src, path, Path(tmp))
         pairs = layouts.read_layout(dp.kind, root)
         with atomic_dir(out_dir) as dest:
@@ -241,7 +240,7 @@ def _source_root(dp, kind_src: str, path: Path | None, tmp: Path) -> Path:
 def _run_volumes(dp, dataset: str, kind_src: str, path: Path | None, source_digest: str, out_dir: Path) -> Path:
     """kind: volumes -> data/raw/<ds>/{imagesTr,labelsTr}/ + dataset.json (nnU-Net layout, files copied as they
     are; preprocess validates them) + checksums.json. Synthetic: pipeline_src/data/synthetic_volumes.py."""
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.src.", dir=out_dir.parent) as tmp:
+    with scratch_beside(out_dir) as tmp:
         root = _source_root(dp, kind_src, path, Path(tmp))
         missing = [n for n in (*VOLUME_DIRS, "dataset.json") if not (root / n).exists()]
         if missing:

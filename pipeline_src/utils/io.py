@@ -1,7 +1,10 @@
 """Atomic outputs and content hashes.
 
 Every stage writes to a temporary sibling and renames it into place, so a killed
-process never leaves a half-written file or directory at a final path.
+process never leaves a half-written file or directory at a final path. A temp sibling's
+name carries the writer's host and pid (``.<name>.<host>-<pid>.<random>.tmp``); the next
+writer of the same path removes the siblings whose process on this host is gone, so a
+``kill -9`` leaves no litter behind a re-run.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,12 +55,52 @@ def sha256_tree(root: str | Path) -> str:
     return h.hexdigest()
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_stale_temps(path: str | Path) -> list[Path]:
+    """Remove temp siblings of ``path`` left by a writer on this host that no longer runs.
+
+    Siblings from another host (a shared filesystem under SLURM) or from a live process
+    are left alone; so are names this module did not make.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[a-z0-9_]+\.(tmp|old)")
+    host = socket.gethostname()
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for sib in path.parent.iterdir():
+        m = pattern.fullmatch(sib.name)
+        if not m or m["host"] != host or _pid_alive(int(m["pid"])):
+            continue
+        if sib.is_dir() and not sib.is_symlink():
+            shutil.rmtree(sib)
+        else:
+            sib.unlink()
+        print(f"[medref] removed {sib} (left by process {m['pid']}, which is gone)", file=sys.stderr)
+        removed.append(sib)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success fsync and rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -87,11 +133,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old)
@@ -100,3 +147,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def scratch_beside(path: str | Path) -> Iterator[Path]:
+    """A temporary working directory beside ``path`` (same filesystem, so renames are cheap),
+    removed on exit; one left by a killed process is swept like any other temp sibling."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(path)
+    with tempfile.TemporaryDirectory(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent) as tmp:
+        yield Path(tmp)
