@@ -341,6 +341,8 @@ def write_reports(work: Path, suite_name: str, suite: dict, args, wall: float | 
            f" --image-size {suite['image_size']}"
            + (f" --ema {suite['train']['ssl']['ema_start']:g} {suite['train']['ssl']['ema_end']:g}"
               if "ema_start" in suite["train"].get("ssl", {}) else "")
+           + (f" --ssl-schedule {suite['train']['ssl']['burn_in_epochs']:g} {suite['train']['ssl']['ramp_epochs']:g}"
+              if "burn_in_epochs" in suite["train"].get("ssl", {}) else "")
            + (f" --n-train {suite['dataset']['synthetic']['n_train']}" if "synthetic" in suite["dataset"] else ""))
     total_train = sum(m["ablation"]["train_seconds"] or 0 for ms in res.values() for m in ms)
     total_eval = sum(m["ablation"]["eval_seconds"] or 0 for ms in res.values() for m in ms)
@@ -401,6 +403,8 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=None, help="synthetic train images (default: the suite's)")
     ap.add_argument("--ema", type=float, nargs=2, default=None, metavar=("START", "END"),
                     help="train.ssl.ema_start/ema_end (default: params.yaml's 0.99 -> 0.999)")
+    ap.add_argument("--ssl-schedule", type=float, nargs=2, default=None, metavar=("BURN_IN", "RAMP"),
+                    help="train.ssl.burn_in_epochs/ramp_epochs (default: the suite's, else params.yaml's)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("MEDREF_PROGRESS", "0")
@@ -422,6 +426,10 @@ def main() -> None:
     if args.ema:
         suite["train"] = deep_merge(suite["train"], {"ssl": {"ema_start": args.ema[0], "ema_end": args.ema[1]}})
         ema = f"_ema{args.ema[0]:g}-{args.ema[1]:g}"
+    if args.ssl_schedule:
+        burn, ramp = args.ssl_schedule
+        suite["train"] = deep_merge(suite["train"], {"ssl": {"burn_in_epochs": burn, "ramp_epochs": ramp}})
+        ema += f"_sched{burn:g}-{ramp:g}"
     n_tr = suite["dataset"].get("synthetic", {}).get("n_train", "all")
     work = Path(args.work) / f"{args.suite}_s{suite['image_size']}_n{n_tr}_e{args.epochs}_b{args.batch}{ema}"
     rows = args.rows or suite["rows"]
