@@ -198,7 +198,7 @@ def run(params, dataset: str, out_dir: Path) -> Path:
     if dp.kind == "volumes":
         return _run_volumes(dp, dataset, kind_src, path, source_digest, out_dir)
     with scratch_beside(out_dir) as tmp:
-        root = _source_root(dp, kind_src, path, Path(tmp))
+        root = _source_root(dp, kind_src, path, tmp)
         pairs = layouts.read_layout(dp.kind, root)
         with atomic_dir(out_dir) as dest:
             normalise(pairs, root, dest)
@@ -241,7 +241,7 @@ def _run_volumes(dp, dataset: str, kind_src: str, path: Path | None, source_dige
     """kind: volumes -> data/raw/<ds>/{imagesTr,labelsTr}/ + dataset.json (nnU-Net layout, files copied as they
     are; preprocess validates them) + checksums.json. Synthetic: pipeline_src/data/synthetic_volumes.py."""
     with scratch_beside(out_dir) as tmp:
-        root = _source_root(dp, kind_src, path, Path(tmp))
+        root = _source_root(dp, kind_src, path, tmp)
         missing = [n for n in (*VOLUME_DIRS, "dataset.json") if not (root / n).exists()]
         if missing:
             raise MedrefError(f"{root}: not a volumes dataset (nnU-Net layout): missing {', '.join(missing)} "

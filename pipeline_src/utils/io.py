@@ -59,6 +59,13 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
 
 
+def _begin(path: Path) -> str:
+    """Make ``path``'s folder, sweep its dead temp siblings, and return this writer's temp prefix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(path)
+    return _temp_prefix(path)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -98,9 +105,7 @@ def sweep_stale_temps(path: str | Path) -> list[Path]:
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success fsync and rename it to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_begin(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -132,9 +137,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     previous ``path``, if any, is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_begin(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -154,7 +157,5 @@ def scratch_beside(path: str | Path) -> Iterator[Path]:
     """A temporary working directory beside ``path`` (same filesystem, so renames are cheap),
     removed on exit; one left by a killed process is swept like any other temp sibling."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(path)
-    with tempfile.TemporaryDirectory(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=_begin(path), suffix=".tmp", dir=path.parent) as tmp:
         yield Path(tmp)
