@@ -30,7 +30,7 @@ TINY: dict[str, Any] = {
         "epochs": 1,
         "max_steps": 2,
         "batch_size": 4,
-        # A smaller network than the demo's: same code paths, a third of the bytes per checkpoint.
+        # A smaller network than the demo's (8.6 M vs 18.4 M parameters): same code paths, under half the bytes per checkpoint.
         "model": {"image_encoder": "resnet10t", "text_width": 64, "text_layers": 1, "text_heads": 2, "embed_dim": 64},
     },
     "eval": {"batch_size": 8},
