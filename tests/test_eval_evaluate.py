@@ -14,7 +14,7 @@ import torch
 from pipeline_src.evaluate import evaluate as E
 from pipeline_src.evaluate import metrics as M
 from pipeline_src.params import Params
-from pipeline_src.utils.io import sha256_file
+from tests.train_fixtures import write_split_shard
 
 H = W = 32
 TEXTS = ["lesion in upper left lung", "lesion in lower right lung", "bilateral, left upper and right lower"]
@@ -55,43 +55,16 @@ def write_shards(root: Path, n_val: int = 5, n_test: int = 7, seed: int = 0) -> 
     manifest = {"dataset": "qata", "kind": "qata", "image_size": H, "splits": {}, "schema": {}, "dropped": []}
     label_rows = {"id": [], "split": [], "text": [], "text_regions": []}
     for split, n in (("train", 0), ("val", n_val), ("test", n_test)):
-        rows = {c: [] for c in ("id", "split", "image", "mask", "height", "width", "text")}
+        samples = []
         for k in range(n):
             img, mask = _sample(rng, k, blank=(split == "test" and k == n - 1))
             sid = f"{split}_{k:03d}"
-            rows["id"].append(sid)
-            rows["split"].append(split)
-            rows["image"].append(img.tobytes())
-            rows["mask"].append(np.packbits(mask > 0).tobytes())
-            rows["height"].append(H)
-            rows["width"].append(W)
-            rows["text"].append(TEXTS[k % 3])
+            samples.append((sid, img, mask, TEXTS[k % 3]))
             label_rows["id"].append(sid)
             label_rows["split"].append(split)
             label_rows["text"].append(TEXTS[k % 3])
             label_rows["text_regions"].append(None if k == 1 else list(REGIONS[k % 3]))
-        shards_info = []
-        if n:
-            t = pa.table(
-                {
-                    "id": pa.array(rows["id"], pa.string()),
-                    "split": pa.array(rows["split"], pa.string()),
-                    "image": pa.array(rows["image"], pa.binary(H * W)),
-                    "mask": pa.array(rows["mask"], pa.binary(H * W // 8)),
-                    "height": pa.array(rows["height"], pa.int32()),
-                    "width": pa.array(rows["width"], pa.int32()),
-                    "text": pa.array(rows["text"], pa.string()),
-                    "source_image": pa.array(rows["id"], pa.string()),
-                    "source_mask": pa.array(rows["id"], pa.string()),
-                    "image_sha256": pa.array(rows["id"], pa.string()),
-                    "mask_sha256": pa.array(rows["id"], pa.string()),
-                }
-            )
-            (shards / split).mkdir(parents=True)
-            pq.write_table(t, shards / split / "part-00000.parquet")
-            shard = shards / split / "part-00000.parquet"
-            shards_info.append({"path": f"{split}/part-00000.parquet", "rows": n, "sha256": sha256_file(shard)})
-        manifest["splits"][split] = {"rows": n, "shards": shards_info}
+        manifest["splits"][split] = write_split_shard(shards, split, samples)
     manifest["digest"] = "d" * 64
     (shards / "manifest.json").write_text(json.dumps(manifest))
     labels = root / "labels.parquet"

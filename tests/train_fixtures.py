@@ -15,7 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline_src.data import preprocess
 from pipeline_src.labels.text_parser import REGIONS, parse
+from pipeline_src.utils.io import sha256_file
 
 PHRASES = {
     0: "upper left lung",
@@ -45,6 +47,31 @@ def _sample(rng: np.random.Generator, size: int):
     return np.clip(img, 0, 255).astype(np.uint8), mask, text
 
 
+def write_split_shard(shards: Path, split: str, samples: list[tuple[str, np.ndarray, np.ndarray, str]]) -> dict:
+    """Write ``(id, image, mask, text)`` samples as ``shards/<split>/part-00000.parquet`` in the real shard schema
+    (``preprocess.schema``: masks bit-packed, source/sha columns filled with the id); return the split's manifest
+    entry. No samples: no file, an empty entry."""
+    if not samples:
+        return {"rows": 0, "shards": []}
+    size = samples[0][1].shape[0]
+    ids = [sid for sid, *_ in samples]
+    cols = {
+        "id": ids,
+        "split": [split] * len(samples),
+        "image": [img.tobytes() for _, img, _, _ in samples],
+        "mask": [np.packbits(mask > 0).tobytes() for _, _, mask, _ in samples],
+        "height": [size] * len(samples),
+        "width": [size] * len(samples),
+        "text": [text for *_, text in samples],
+        **{c: ids for c in ("source_image", "source_mask", "image_sha256", "mask_sha256")},
+    }
+    path = shards / split / "part-00000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols, schema=preprocess.schema(size)), path)
+    return {"rows": len(samples),
+            "shards": [{"path": f"{split}/part-00000.parquet", "rows": len(samples), "sha256": sha256_file(path)}]}
+
+
 def make_dataset(
     root: Path, n_train: int = 24, n_val: int = 8, size: int = 64, seed: int = 0, fraction: float = 0.25
 ) -> dict[str, Path]:
@@ -52,17 +79,11 @@ def make_dataset(
     shards, labels_rows = root / "shards", []
     manifest = {"dataset": "tiny", "kind": "qata", "image_size": size, "splits": {}, "digest": f"tiny-{seed}"}
     for split, n in (("train", n_train), ("val", n_val), ("test", 0)):
-        rows = {k: [] for k in ("id", "split", "image", "mask", "height", "width", "text")}
+        samples = []
         for i in range(n):
             img, mask, text = _sample(rng, size)
             sid = f"{split}_{i:04d}"
-            rows["id"].append(sid)
-            rows["split"].append(split)
-            rows["image"].append(img.tobytes())
-            rows["mask"].append(np.packbits(mask > 0).tobytes())
-            rows["height"].append(size)
-            rows["width"].append(size)
-            rows["text"].append(text)
+            samples.append((sid, img, mask, text))
             p = parse(text)
             labels_rows.append(
                 {
@@ -73,24 +94,7 @@ def make_dataset(
                     "position_spans": [list(s) for s in p.spans],
                 }
             )
-        manifest["splits"][split] = {
-            "rows": n,
-            "shards": [{"path": f"{split}/part-00000.parquet", "rows": n}] if n else [],
-        }
-        if n:
-            schema = pa.schema(
-                [
-                    ("id", pa.string()),
-                    ("split", pa.string()),
-                    ("image", pa.binary(size * size)),
-                    ("mask", pa.binary(size * size // 8)),
-                    ("height", pa.int32()),
-                    ("width", pa.int32()),
-                    ("text", pa.string()),
-                ]
-            )
-            (shards / split).mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table(rows, schema=schema), shards / split / "part-00000.parquet")
+        manifest["splits"][split] = write_split_shard(shards, split, samples)
     (shards / "manifest.json").write_text(json.dumps(manifest))
     labels = root / "labels.parquet"
     pq.write_table(pa.Table.from_pylist(labels_rows), labels)
