@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline_src.params import deep_merge  # noqa: E402
+
 # ---- the rows ---------------------------------------------------------------------------------------------------
 # name -> (method, train overrides, issue). Every row keeps params.yaml's values except what it names.
 DISP = {"weight": 0.25, "variant": "infonce_l2"}
@@ -97,13 +99,6 @@ METRICS = [("dice", "Dice (per-image)"), ("dice_global", "Dice (global)"), ("iou
 
 def slug(s: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in s).strip("_")
-
-
-def deep_merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 _RAW: dict = {}

@@ -84,20 +84,21 @@ class Params(BaseModel):
     def train_for(self, regime: str) -> TrainParams:
         """The ``train`` section with the regime's overrides merged in (validated)."""
         r = self.regime(regime)
-        merged = _deep_merge(self.train.model_dump(), r.train)
+        merged = deep_merge(self.train.model_dump(), r.train)
         try:
             return TrainParams.model_validate(merged)
         except ValidationError as e:
             raise ParamsError(f"params.yaml: regimes.{regime}.train: {_fmt(e)}") from e
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
+    """``b`` over ``a``, recursing into dicts both have; neither input is modified or shared."""
     out = copy.deepcopy(a)
     for k, v in b.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
-            out[k] = v
+            out[k] = copy.deepcopy(v)
     return out
 
 

@@ -7,7 +7,6 @@ shrunk to a tiny synthetic configuration so a whole chain runs in seconds.
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import subprocess
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipeline_src.params import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,13 +36,6 @@ TINY: dict[str, Any] = {
     },
     "eval": {"batch_size": 8},
 }
-
-
-def deep_merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def env() -> dict[str, str]:
