@@ -50,6 +50,15 @@ class VolumeParams(Strict):
         return self
 
 
+class ArchiveLimits(Strict):
+    """``datasets.<ds>.archive``: refuse an archive before extracting it when its listing exceeds these
+    (QaTa-COV19 is ~1 GB in ~9 k files, PNGs compress ~1x; a zip bomb is 1000x and more)."""
+
+    max_unpacked_gib: float = Field(20.0, gt=0)     # total uncompressed size of all members
+    max_members: int = Field(200_000, ge=1)
+    max_ratio: float = Field(100.0, gt=1)           # total uncompressed size / archive file size
+
+
 class DatasetParams(Strict):
     # qata | mosmed | folder: 2-D image/mask pairs (binary); volumes: NIfTI CT + label map (multi-class)
     kind: Literal["qata", "mosmed", "folder", "volumes"] = "qata"
@@ -60,6 +69,7 @@ class DatasetParams(Strict):
     sha256: str | None = None
     synthetic: SyntheticParams = SyntheticParams()
     volumes: VolumeParams = VolumeParams()  # kind: volumes only
+    archive: ArchiveLimits = ArchiveLimits()  # archive / URL sources only
 
 
 class PreprocessParams(Strict):
@@ -73,6 +83,17 @@ class PreprocessParams(Strict):
     # grey band (32..223) is not a binary mask (e.g. an image saved as mask) and is invalid
     mask_threshold: int = Field(127, ge=0, le=254)
     max_ambiguous: float = Field(0.01, ge=0.0, le=1.0)
+    # deeper-than-8-bit images -> uint8 (pipeline_src/data/imageio.py): bits = the range the pixels use
+    # (0..2**b-1, b = 8/10/12/14/16), minmax = the image's min..max, percentile = intensity_percentiles window
+    intensity: Literal["bits", "minmax", "percentile"] = "bits"
+    intensity_percentiles: tuple[float, float] = (1.0, 99.0)
+
+    @model_validator(mode="after")
+    def _check_percentiles(self) -> PreprocessParams:
+        lo, hi = self.intensity_percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"intensity_percentiles must be 0 <= lo < hi <= 100, got [{lo}, {hi}]")
+        return self
 
 
 class SplitParams(Strict):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline_src.data.download import read_pairs
+from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
 from pipeline_src.data.layouts import SPLITS
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import atomic_dir, sha256_file, sha256_json, write_json
@@ -65,44 +65,61 @@ def _log(msg: str) -> None:
     print(f"[preprocess] {msg}", flush=True)
 
 
-def _open(data: bytes, what: str) -> Image.Image:
-    try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-    except Exception as e:  # PIL raises many types for corrupt files; all mean the same thing here
-        raise ValueError(f"corrupt or unreadable {what}: {type(e).__name__}: {e}") from None
-    return im
+DEFAULT_RULE = IntensityRule()
 
 
-def load_pair(raw_dir: Path, row: dict, size: int, threshold: int, max_ambiguous: float):
-    """Decode, validate and resize one pair -> (image bytes, packed mask bytes, image sha, mask sha) or a reason."""
+def intensity_rule(pp) -> IntensityRule:
+    """The grey rule of ``preprocess.intensity`` (pipeline_src/data/imageio.py), for deeper-than-8-bit images."""
+    return IntensityRule(pp.intensity, tuple(pp.intensity_percentiles))
+
+
+def load_pair(raw_dir: Path, row: dict, size: int, threshold: int, max_ambiguous: float,
+              rule: IntensityRule = DEFAULT_RULE):
+    """Decode, validate and resize one pair -> (image bytes, packed mask bytes, image sha, mask sha) or a reason.
+
+    Images of any depth go through ``imageio.read_grey`` (16-bit by their real range, per ``rule``); masks
+    through ``imageio.read_mask`` ({0, 1} masks read as {0, 255})."""
     try:
         if not row["mask"]:
             return "no mask file found for this image"
         ib = (raw_dir / row["image"]).read_bytes()
         mb = (raw_dir / row["mask"]).read_bytes()
-        im = _open(ib, "image")
-        mk = _open(mb, "mask")
-        if im.size != mk.size:
-            return f"size mismatch: image {im.size[0]}x{im.size[1]} but mask {mk.size[0]}x{mk.size[1]}"
-        m = np.asarray(mk.convert("L"))
+        img = read_grey(ib, "image", rule)
+        m = read_mask(mb, "mask")
+        if img.shape != m.shape:
+            return f"size mismatch: image {img.shape[1]}x{img.shape[0]} but mask {m.shape[1]}x{m.shape[0]}"
         amb = float(((m >= AMBIGUOUS_LO) & (m <= AMBIGUOUS_HI)).mean())
         if amb > max_ambiguous:
             return (f"mask not binary: {amb:.1%} of pixels are grey ({AMBIGUOUS_LO}..{AMBIGUOUS_HI}); "
-                    f"expected {{0,255}} (allowed {max_ambiguous:.1%})")
+                    f"expected {{0,255}} or {{0,1}} (allowed {max_ambiguous:.1%})")
         fg = m > threshold
-        im = im.convert("L")
-        if im.size != (size, size):
+        if img.shape != (size, size):
             # bilinear for the image, nearest for the mask (keeps it binary)
-            im = im.resize((size, size), Image.Resampling.BILINEAR)
+            img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
             fg = np.asarray(Image.fromarray(fg.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 127
-        img = np.asarray(im, dtype=np.uint8)
         return (img.tobytes(), np.packbits(fg.ravel()).tobytes(),
                 hashlib.sha256(ib).hexdigest(), hashlib.sha256(mb).hexdigest())
     except ValueError as e:
         return str(e)
     except OSError as e:
         return f"unreadable file: {e}"
+
+
+def empty_masks(tmp: Path, splits_out: dict[str, dict]) -> dict[str, dict]:
+    """Per split, the written rows whose mask is all background, when the split's other masks are not
+    (a lesion dataset with a few blank masks usually means an export problem): {split: {count, ids}}."""
+    out = {}
+    for split, info in splits_out.items():
+        ids, n_rows = [], 0
+        for sh in info["shards"]:
+            t = pq.read_table(tmp / sh["path"], columns=["id", "mask"])
+            for id_, mk in zip(t["id"].to_pylist(), t["mask"].to_pylist(), strict=True):
+                if not any(mk):
+                    ids.append(id_)
+            n_rows += t.num_rows
+        if ids and len(ids) < n_rows:
+            out[split] = {"count": len(ids), "ids": ids}
+    return out
 
 
 def _chunk_table(recs: list[tuple[dict, tuple]], sch: pa.Schema, size: int) -> pa.Table:
@@ -174,6 +191,7 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
 
     problems: list[dict] = []
     splits_out: dict[str, dict] = {}
+    rule = intensity_rule(pp)
     with _disk_full_is_error(out_dir, dataset, len(rows) * (size * size * 9 // 8)), atomic_dir(out_dir) as tmp, \
             ThreadPoolExecutor(max_workers=2) as pool:
         bar = tqdm(total=len(rows), desc=f"preprocess {dataset}", disable=len(rows) < 2000)
@@ -184,7 +202,8 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
             for start in range(0, len(srows), rgs):
                 chunk = srows[start : start + rgs]
                 # decoding is PNG/zlib work that releases the GIL: 2 threads ~ 2 cores
-                results = list(pool.map(lambda r: load_pair(raw_dir, r, size, pp.mask_threshold, pp.max_ambiguous), chunk))
+                results = list(pool.map(lambda r: load_pair(raw_dir, r, size, pp.mask_threshold, pp.max_ambiguous, rule),
+                                        chunk))
                 good = []
                 for r, res in zip(chunk, results, strict=True):
                     reason = res if isinstance(res, str) else None
@@ -224,7 +243,8 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
             splits_out[split] = {"rows": n_split, "shards": shards}
         bar.close()
         if problems and pp.on_invalid == "error":
-            lines = [f"  {p['split']}/{p['file']}" + (f" (mask {p['mask']})" if p["mask"] else "") + f": {p['reason']}"
+            # source paths already start with their split's folder ("train/images/x.png"): print them as they are
+            lines = [f"  {p['file']}" + (f" (mask {p['mask']})" if p["mask"] else "") + f": {p['reason']}"
                      for p in problems]
             more = f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else ""
             raise MedrefError(
@@ -241,6 +261,7 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
             "splits": splits_out,
             "schema": {f.name: str(f.type) for f in sch},
             "dropped": problems,
+            "empty_masks": empty_masks(tmp, splits_out),
             "params": pp.model_dump(),
             "raw_digest": sha256_file(ck) if ck.is_file() else None,
             "pyarrow": pa.__version__,
@@ -250,5 +271,8 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
     counts = {s: v["rows"] for s, v in splits_out.items()}
     _log(f"{dataset}: {counts} rows, {len(problems)} dropped -> {out_dir}")
     for p in problems:
-        _log(f"dropped {p['split']}/{p['file']}: {p['reason']}")
+        _log(f"dropped {p['file']}: {p['reason']}")
+    for split, e in manifest["empty_masks"].items():
+        _log(f"{split}: {e['count']} all-background mask(s) among lesion masks (listed in manifest.json "
+             f"empty_masks): {', '.join(e['ids'][:5])}{' ...' if e['count'] > 5 else ''}")
     return out_dir
