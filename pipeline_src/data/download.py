@@ -18,11 +18,16 @@ Normalised raw layout (what preprocess reads):
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import gzip
+import lzma
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from pipeline_src.data import layouts, synthetic
@@ -52,22 +57,85 @@ def _check_member(name: str, archive: Path) -> None:
         raise MedrefError(f"{archive}: unsafe archive member {name!r}: '..' escapes the extraction folder")
 
 
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract ``archive`` into ``dest``; any unsafe member is an error and nothing is extracted."""
-    if archive.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                _check_member(info.filename, archive)
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise MedrefError(f"{archive}: unsafe archive member {info.filename!r}: symbolic link")
-            z.extractall(dest)
-        return
+def archive_format(archive: Path) -> str | None:
+    """"zip" or "tar" by the file's CONTENT (a URL download may have no suffix), None for neither."""
+    if zipfile.is_zipfile(archive):
+        return "zip"
+    if tarfile.is_tarfile(archive):
+        return "tar"
+    return None
+
+
+def _check_limits(archive: Path, sizes: list[tuple[str, int]], limits) -> None:
+    """Refuse an archive whose listing (member, uncompressed size) passes ``datasets.<ds>.archive``."""
+    key = "datasets.<dataset>.archive"
+    if len(sizes) > limits.max_members:
+        raise MedrefError(f"{archive}: {len(sizes)} members, more than {key}.max_members={limits.max_members} "
+                          f"(the first one past the limit: {sizes[limits.max_members][0]!r}); nothing was "
+                          "extracted. Raise the limit if this archive is what you meant to use")
+    cap, total = limits.max_unpacked_gib * 2**30, 0
+    for name, size in sizes:
+        total += size
+        if total > cap:
+            raise MedrefError(f"{archive}: member {name!r} ({size / 2**20:.1f} MiB) takes the uncompressed total "
+                              f"past {key}.max_unpacked_gib={limits.max_unpacked_gib}; nothing was extracted. "
+                              "Raise the limit if this archive is what you meant to use")
+    packed = max(archive.stat().st_size, 1)
+    if total / packed > limits.max_ratio:
+        name, size = max(sizes, key=lambda x: x[1])
+        raise MedrefError(f"{archive}: compression ratio {total / packed:.0f}x ({total / 2**20:.1f} MiB from "
+                          f"{packed / 2**20:.2f} MiB; largest member {name!r}, {size / 2**20:.1f} MiB) is above "
+                          f"{key}.max_ratio={limits.max_ratio:g}, the mark of a decompression bomb; nothing was "
+                          "extracted. Raise the limit if this archive is what you meant to use")
+
+
+def unpacked_size(archive: Path) -> int:
+    """Total uncompressed bytes of an archive's members (0 when it cannot be listed)."""
     try:
-        tf = tarfile.open(archive)
-    except tarfile.TarError as e:
-        raise MedrefError(f"{archive}: not a readable tar archive: {e}") from e
-    with tf:
+        if archive_format(archive) == "zip":
+            with zipfile.ZipFile(archive) as z:
+                return sum(i.file_size for i in z.infolist())
+        with tarfile.open(archive) as tf:
+            return sum(m.size for m in tf.getmembers())
+    except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError):
+        return 0
+
+
+def safe_extract(archive: Path, dest: Path, limits=None) -> None:
+    """Extract ``archive`` (zip or tar, told apart by content) into ``dest``. Any unsafe member, or a listing
+    past ``limits`` (a ``datasets.<ds>.archive`` block; defaults if None), is an error before anything is
+    extracted; a corrupt or truncated archive is an error naming it."""
+    from pipeline_src.data.params import ArchiveLimits
+
+    limits = limits or ArchiveLimits()
+    fmt = archive_format(archive)
+    if fmt is None:
+        raise MedrefError(f"{archive}: not a zip or tar archive (unrecognised or truncated content); "
+                          "re-download it, or point the source at the extracted folder")
+    try:
+        if fmt == "zip":
+            _extract_zip(archive, dest, limits)
+        else:
+            _extract_tar(archive, dest, limits)
+    except (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError) as e:
+        raise MedrefError(f"{archive}: corrupt or truncated {fmt} archive ({type(e).__name__}: {e}); "
+                          "re-download it (and pin its sha256) or point the source at the extracted folder") from e
+
+
+def _extract_zip(archive: Path, dest: Path, limits) -> None:
+    with zipfile.ZipFile(archive) as z:
+        infos = z.infolist()
+        for info in infos:
+            _check_member(info.filename, archive)
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise MedrefError(f"{archive}: unsafe archive member {info.filename!r}: symbolic link")
+        _check_limits(archive, [(i.filename, i.file_size) for i in infos], limits)
+        z.extractall(dest)
+
+
+def _extract_tar(archive: Path, dest: Path, limits) -> None:
+    with tarfile.open(archive) as tf:
         members = tf.getmembers()
         for m in members:
             _check_member(m.name, archive)
@@ -76,6 +144,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 raise MedrefError(f"{archive}: unsafe archive member {m.name!r}: link to {m.linkname!r}")
             if not (m.isfile() or m.isdir()):
                 raise MedrefError(f"{archive}: unsafe archive member {m.name!r}: not a regular file or folder")
+        _check_limits(archive, [(m.name, m.size) for m in members], limits)
         # filter="data" is a second line of defence (strips modes/owners, refuses anything odd)
         tf.extractall(dest, members=members, filter="data")
 
@@ -127,7 +196,7 @@ def resolve_source(dp, dataset: str) -> tuple[str, Path | None, str]:
                           f"against the current directory {Path.cwd()})")
     if path.is_dir():
         return "folder", path, sha256_tree(path)
-    if _is_archive(path):
+    if _is_archive(path) or archive_format(path) is not None:
         return "archive", path, verify_sha256(path, dp.sha256, key)
     raise MedrefError(f"datasets.{dataset}.source: {path} is neither a folder nor a .zip/.tar(.gz) archive")
 
@@ -186,6 +255,34 @@ def read_pairs(raw_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def _space_needed(kind_src: str, path: Path | None) -> int:
+    """Bytes a download needs on the output's filesystem: the extracted archive (scratch) plus its normalised
+    copy, or the copy of a source folder; 0 when not known beforehand (synthetic)."""
+    if kind_src == "archive" and path is not None:
+        return 2 * unpacked_size(path)
+    if kind_src == "folder" and path is not None:
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return 0
+
+
+@contextlib.contextmanager
+def _disk_full_is_error(out_dir: Path, dataset: str, kind_src: str, path: Path | None):
+    """ENOSPC/EDQUOT while extracting or copying -> one MedrefError (the scratch and temp dirs are removed by
+    the context managers inside, so nothing half-written stays)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        need = _space_needed(kind_src, path)
+        size = f"about {need / 2**20:.0f} MiB free" if need else "more free space"
+        raise MedrefError(
+            f"{out_dir.parent.resolve()}: disk full while writing {out_dir.name} ({e.strerror}); nothing was "
+            f"written. `medref download` needs {size} there (extracted archive + normalised copy): free it "
+            f"(`df -h {out_dir.parent}`) and re-run `medref download {dataset}`"
+        ) from e
+
+
 def run(params, dataset: str, out_dir: Path) -> Path:
     """Bring ``dataset`` (per params) into ``out_dir`` in the normalised layout; a no-op when up to date."""
     dp = params.dataset(dataset)
@@ -195,8 +292,17 @@ def run(params, dataset: str, out_dir: Path) -> Path:
         _log(f"{out_dir} is up to date with {dp.source} (checksums match); nothing to do")
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if dp.kind == "volumes":
-        return _run_volumes(dp, dataset, kind_src, path, source_digest, out_dir)
+    with _disk_full_is_error(out_dir, dataset, kind_src, path):
+        if dp.kind == "volumes":
+            return _run_volumes(dp, dataset, kind_src, path, source_digest, out_dir)
+        pairs = _run_pairs(dp, dataset, kind_src, path, source_digest, out_dir)
+    counts = {s: sum(p.split == s for p in pairs) for s in layouts.SPLITS}
+    _log(f"{dataset}: {len(pairs)} pairs {counts} -> {out_dir}")
+    return out_dir
+
+
+def _run_pairs(dp, dataset: str, kind_src: str, path: Path | None, source_digest: str,
+               out_dir: Path) -> list[layouts.Pair]:
     with scratch_beside(out_dir) as tmp:
         root = _source_root(dp, kind_src, path, tmp)
         pairs = layouts.read_layout(dp.kind, root)
@@ -207,9 +313,7 @@ def run(params, dataset: str, out_dir: Path) -> Path:
                 "dataset": dataset, "kind": dp.kind, "source": dp.source, "source_digest": source_digest,
                 "n_pairs": len(pairs), "files": files, "digest": sha256_json(files),
             })
-    counts = {s: sum(p.split == s for p in pairs) for s in layouts.SPLITS}
-    _log(f"{dataset}: {len(pairs)} pairs {counts} -> {out_dir}")
-    return out_dir
+    return pairs
 
 
 VOLUME_DIRS = ("imagesTr", "labelsTr")
@@ -232,7 +336,7 @@ def _source_root(dp, kind_src: str, path: Path | None, tmp: Path) -> Path:
     assert path is not None
     if kind_src == "archive":
         _log(f"extracting {path}")
-        safe_extract(path, tmp)
+        safe_extract(path, tmp, dp.archive)
         return _single_root(tmp)
     return path
 

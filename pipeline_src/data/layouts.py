@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,42 +62,79 @@ def _child(root: Path, *names: str) -> Path | None:
     return None
 
 
+def nfc(name: str) -> str:
+    """Unicode NFC: macOS and some zip tools store file names decomposed (NFD), CSVs usually hold NFC;
+    both spellings of one name must meet in the same key."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise MedrefError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                          "save the text table as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`") from None
+
+
 def read_text_table(path: Path) -> list[tuple[str, str]]:
-    """(key, text) rows of a text table: ``,`` or ``;`` CSV (quoted or not), or xlsx. First two columns."""
+    """(key, text) rows of a text table: ``,`` or ``;`` CSV (quoted or not), or xlsx. First two columns.
+
+    Keys are NFC-normalised. A key given twice (case-insensitively) with two different texts is an error naming
+    both lines; an exact repeat is kept once."""
     if path.suffix.lower() in (".xlsx", ".xls"):
         import pandas as pd
 
         df = pd.read_excel(path, dtype=str, keep_default_na=False)
         if df.shape[1] < 2:
             raise MedrefError(f"{path}: expected at least 2 columns (image name, text), found {df.shape[1]}")
-        return [(str(k).strip(), str(t)) for k, t in zip(df.iloc[:, 0], df.iloc[:, 1], strict=True)]
-    with open(path, newline="", encoding="utf-8-sig") as f:
+        numbered = [(i, [str(k), str(t)]) for i, (k, t) in enumerate(zip(df.iloc[:, 0], df.iloc[:, 1], strict=True),
+                                                                     start=2)]
+    else:
+        f = io.StringIO(_decode(path), newline="")
         header = f.readline()
         if ";" in header:
             # MosMedData+: ';'-separated and NOT quoted, the text holds commas: split on the first ';' only
-            rows = [line.rstrip("\r\n").split(";", 1) for line in f if line.strip()]
+            numbered = [(i, line.rstrip("\r\n").split(";", 1)) for i, line in enumerate(f, start=2) if line.strip()]
         else:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f)
+            numbered = []
+            start = 2
+            for r in reader:
+                numbered.append((start, r))
+                # line_num counts the physical lines read so far (a quoted text may span several), header excluded
+                start = reader.line_num + 2
     out = []
-    for i, r in enumerate(rows, start=2):
+    first: dict[str, tuple[int, str]] = {}
+    for i, r in numbered:
         if len(r) < 2:
             raise MedrefError(f"{path}:{i}: expected 'image,text', got {r!r}")
-        out.append((r[0].strip(), r[1]))
+        key, text = nfc(r[0].strip()), r[1]
+        seen = first.get(key.lower())
+        if seen is not None:
+            if seen[1] != text:
+                raise MedrefError(f"{path}: key {key!r} has two different texts, on lines {seen[0]} and {i}; "
+                                  "keep one of them")
+            continue
+        first[key.lower()] = (i, text)
+        out.append((key, text))
     return out
 
 
 def _lookup(table: dict[str, str], *keys: str) -> str | None:
     for k in keys:
-        if k.lower() in table:
-            return table[k.lower()]
+        if nfc(k).lower() in table:
+            return table[nfc(k).lower()]
     return None
 
 
 def _find_mask(mask_dir: Path | None, image: Path, index: dict[str, Path] | None) -> Path | None:
     if mask_dir is None or index is None:
         return None
-    stem = image.stem
-    for cand in (image.name, f"mask_{image.name}", f"{stem}_mask", f"{stem}_segmentation", f"mask_{stem}", stem):
+    stem = nfc(image.stem)
+    name = nfc(image.name)
+    for cand in (name, f"mask_{name}", f"{stem}_mask", f"{stem}_segmentation", f"mask_{stem}", stem):
         for key in (cand.lower(), Path(cand).stem.lower()):
             if key in index:
                 return index[key]
@@ -107,8 +146,8 @@ def _mask_index(mask_dir: Path | None) -> dict[str, Path] | None:
         return None
     idx: dict[str, Path] = {}
     for p in _images(mask_dir):
-        idx.setdefault(p.name.lower(), p)
-        idx.setdefault(p.stem.lower(), p)
+        idx.setdefault(nfc(p.name).lower(), p)
+        idx.setdefault(nfc(p.stem).lower(), p)
     return idx
 
 
@@ -152,11 +191,13 @@ def read_qata(root: Path) -> list[Pair]:
     for split, (img_dir, msk_dir) in split_dirs.items():
         index = _mask_index(msk_dir)
         for im in _images(img_dir):
-            mkey, ikey = f"mask_{im.name}", im.name
+            mask = _find_mask(msk_dir, im, index)
+            # keys are the MASK file's name: look up the real one first (a JPEG image may have a PNG mask)
+            keys = ([mask.name] if mask is not None else []) + [f"mask_{im.name}", im.name]
             s = split
-            if split == "train" and (mkey.lower() in val_keys or ikey.lower() in val_keys):
+            if split == "train" and any(nfc(k).lower() in val_keys for k in keys):
                 s = "val"
-            pairs.append(Pair(s, im.stem, im, _find_mask(msk_dir, im, index), _lookup(table, mkey, ikey)))
+            pairs.append(Pair(s, nfc(im.stem), im, mask, _lookup(table, *keys)))
     return pairs
 
 
@@ -183,15 +224,16 @@ def read_mosmed(root: Path) -> list[Pair]:
         found = True
         index = _mask_index(msk)
         for im in _images(img):
-            pairs.append(Pair(split, im.stem, im, _find_mask(msk, im, index),
-                              _lookup(tables.get(split, merged), im.name, f"mask_{im.name}")))
+            mask = _find_mask(msk, im, index)
+            keys = [im.name, f"mask_{im.name}"] + ([mask.name] if mask is not None else [])
+            pairs.append(Pair(split, nfc(im.stem), im, mask, _lookup(tables.get(split, merged), *keys)))
     frames = _child(root, "frames", "images")
     if not found and frames is not None:
         msk = _child(root, "masks", "Ground-truths")
         index = _mask_index(msk)
         for im in _images(frames):
-            split = next((s for s in SPLITS if im.name.lower() in tables.get(s, {})), "train")
-            pairs.append(Pair(split, im.stem, im, _find_mask(msk, im, index), _lookup(merged, im.name)))
+            split = next((s for s in SPLITS if nfc(im.name).lower() in tables.get(s, {})), "train")
+            pairs.append(Pair(split, nfc(im.stem), im, _find_mask(msk, im, index), _lookup(merged, im.name)))
         found = True
     if not found:
         raise MedrefError(f"{root}: no MosMedData+ layout found: expected {{Train,Val,Test}} Set/{{Images,Ground-truths}}/ "
@@ -221,9 +263,11 @@ def read_folder(root: Path) -> list[Pair]:
             raise MedrefError(f"{base}: kind=folder expects images/ and masks/ sub-folders")
         index = _mask_index(msk_dir)
         for im in _images(img_dir):
-            rel = im.relative_to(img_dir).with_suffix("").as_posix()
-            text = _lookup(table, im.name, f"mask_{im.name}", im.stem) if table is not None else ""
-            pairs.append(Pair(split or _hash_split(rel), rel.replace("/", "__"), im, _find_mask(msk_dir, im, index), text))
+            rel = nfc(im.relative_to(img_dir).with_suffix("").as_posix())
+            mask = _find_mask(msk_dir, im, index)
+            keys = [im.name, f"mask_{im.name}", im.stem] + ([mask.name] if mask is not None else [])
+            text = _lookup(table, *keys) if table is not None else ""
+            pairs.append(Pair(split or _hash_split(rel), rel.replace("/", "__"), im, mask, text))
     return pairs
 
 
