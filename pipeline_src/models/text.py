@@ -17,6 +17,9 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.models.encoders import check_matched, read_state_dict
+
+LOCAL_DIR_CONFIG = "open_clip_config.json"  # what open_clip's local-dir: loader reads first
 
 
 @functools.lru_cache(maxsize=4)
@@ -28,7 +31,7 @@ def _simple_tokenizer(context_length: int) -> open_clip.tokenizer.SimpleTokenize
 def build_tokenizer(context_length: int, weights: str | None = None):
     """list[str] -> LongTensor[B, context_length] (truncated; the CLIP EOT token kept last)."""
     if weights and weights.startswith("local-dir:"):
-        return open_clip.get_tokenizer(weights, context_length=context_length)
+        return open_clip.get_tokenizer(local_dir(weights), context_length=context_length)
     return _simple_tokenizer(context_length)
 
 
@@ -39,7 +42,7 @@ class TextEncoder(nn.Module):
                  weights: str | None = None):
         super().__init__()
         if weights and weights.startswith("local-dir:"):
-            clip = open_clip.create_model(weights, pretrained=None, load_weights=True)
+            clip = open_clip.create_model(local_dir(weights), pretrained=None, load_weights=True)
             self.tower = _text_tower_of(clip, weights)
             self.tower.output_tokens = True
             self.width = getattr(self.tower, "width", width)
@@ -70,16 +73,28 @@ def _text_tower_of(clip: nn.Module, source: str) -> nn.Module:
 
 
 def _load_text_weights(tower: TextTransformer, path: Path) -> None:
+    key = "train.model.text_weights"
     if not path.is_file():
-        raise MedrefError(f"train.model.text_weights: {path} is not a file (or use local-dir:<folder>)")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        raise MedrefError(f"{key}: {path} is not a file (or use local-dir:<folder>)")
+    sd = read_state_dict(path, key)
     own = tower.state_dict()
     picked = {}
     for k, v in sd.items():
         k = k.removeprefix("module.").removeprefix("text.")
         if k in own and own[k].shape == v.shape:
             picked[k] = v
-    if not picked:
-        raise MedrefError(f"train.model.text_weights: {path}: no tensor matches the text tower (check width/layers)")
+    check_matched(picked, own, path, key, "text tower (check width/layers)")
     tower.load_state_dict(picked, strict=False)
+
+
+def local_dir(weights: str) -> str:
+    """Check a ``local-dir:<folder>`` open_clip model before open_clip opens it (it raises a bare
+    FileNotFoundError); returns ``weights`` unchanged."""
+    folder = Path(weights.removeprefix("local-dir:"))
+    key = "train.model.text_weights"
+    if not folder.is_dir():
+        raise MedrefError(f"{key}: {weights}: {folder} is not a folder")
+    if not (folder / LOCAL_DIR_CONFIG).is_file():
+        raise MedrefError(f"{key}: {weights}: {folder} has no {LOCAL_DIR_CONFIG}; a local-dir: folder is an "
+                          f"open_clip model saved with its config ({LOCAL_DIR_CONFIG} + weights)")
+    return weights
