@@ -402,6 +402,11 @@ def index_html(md_ours: list[dict], pub: list[dict], shown: dict[str, dict], out
 def run(params, metrics_dir: Path, eval_root: Path, out_dir: Path) -> dict:
     """Build reports/ from every metrics/<regime>.json and eval/<regime>/ figures."""
     metrics = load_metrics(metrics_dir)
+    if not metrics:
+        # an empty report would look like a finished one; nothing was evaluated
+        raise MedrefError(f"{metrics_dir}: no regime metrics found (metrics/<regime>.json, written by `medref eval "
+                          "<regime>`): train and evaluate a regime first (`dvc repro` or `medref train <regime> && "
+                          "medref eval <regime>`), then re-run `medref report`")
     ours, pub = build(params, metrics)
     with atomic_dir(out_dir) as out:
         _write_csv(out / "report.csv", ours + pub, CSV_COLUMNS)

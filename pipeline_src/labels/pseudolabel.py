@@ -11,12 +11,13 @@ The Parquet bytes are deterministic (fixed row groups and compression, rows in s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from pipeline_src.labels.mask_regions import agreement, mask_to_regions
-from pipeline_src.labels.text_parser import REGIONS, parse
+from pipeline_src.labels.text_parser import REGIONS, _tokens, parse
 from pipeline_src.utils.io import atomic_file, write_json
 
 ROW_GROUP_SIZE = 4096
@@ -62,22 +63,38 @@ def label_split(table, pp: dict) -> dict[str, list]:
     return cols
 
 
+def unknown_reason(text: str) -> str:
+    """Why a text gave no regions (``text_regions`` null): ``no_position_word`` (report words the parser knows,
+    but no position), ``no_report_word`` (letters, but no word the parser knows: another language or
+    gibberish) or ``no_letters`` (empty, digits or symbols only)."""
+    if not any(ch.isalpha() for ch in text):
+        return "no_letters"
+    known = any(cat != "other" and not text[s:e].isdigit() for cat, _, s, e, _ in _tokens(text))
+    return "no_position_word" if known else "no_report_word"
+
+
+UNKNOWN_REASONS = ("no_position_word", "no_report_word", "no_letters")
+
+
 def report(cols: dict[str, list]) -> dict:
-    """Agreement of mask-derived with text-derived regions for one split (or all rows)."""
+    """Agreement of mask-derived with text-derived regions for one split (or all rows); undefined values
+    (no rows, no positives of a region) are None, written as JSON null."""
     n = len(cols["id"])
     t, m = cols["text_regions"], cols["mask_regions"]
     both = [i for i in range(n) if t[i] is not None and m[i] is not None]
     ag = agreement(np.array([m[i] for i in both]), np.array([t[i] for i in both]))
+    reasons = [unknown_reason(cols["text"][i] or "") for i in range(n) if t[i] is None]
     out = {
         "rows": n,
         "text_known": sum(x is not None for x in t),
         "coverage": round(sum(x is not None for x in t) / n, 4) if n else None,
         "unknown_rate": round(sum(x is None for x in t) / n, 4) if n else None,
+        "unknown_texts": {r: reasons.count(r) for r in UNKNOWN_REASONS},
         "mask_empty": sum(x is None for x in m),
         "n_areas_known": sum(x is not None for x in cols["n_areas"]),
     }
     d = ag.as_dict()
-    out.update({"compared": d["n"], "side_agreement": d["side"], "exact_match": d["exact"]})
+    out.update({"compared": d["n"], "side_agreement": _num(d["side"]), "exact_match": _num(d["exact"])})
     out["per_region"] = {
         name: {"precision": _num(d["precision"][k]), "recall": _num(d["recall"][k])} for k, name in enumerate(REGIONS)
     }
@@ -85,7 +102,7 @@ def report(cols: dict[str, list]) -> dict:
 
 
 def _num(x: float) -> float | None:
-    return None if x != x else x  # NaN (no positives) -> null: JSON has no NaN
+    return None if not math.isfinite(x) else x  # NaN (nothing to compare) -> null: JSON has no NaN
 
 
 def run(params, dataset: str, shards_dir: Path, out_file: Path, metrics_file: Path) -> None:
