@@ -157,6 +157,20 @@ def test_all_empty_mask_among_lesion_masks_is_reported_in_the_manifest(tmp_path:
     assert m["empty_masks"] == {"train": {"count": 1, "ids": ["covid_1000"]}}  # valid: its one mask is not empty
 
 
+@pytest.mark.parametrize("fg", [1, 255, 65535, 4095])
+def test_read_mask_binarises_01_masks_of_any_depth(fg: int) -> None:
+    m = np.zeros((8, 8), np.uint16 if fg > 255 else np.uint8)
+    m[2:5, 3:6] = fg
+    b = io.BytesIO()
+    Image.fromarray(m).save(b, format="PNG")
+    out = imageio.read_mask(b.getvalue())
+    assert out.dtype == np.uint8 and set(np.unique(out)) == {0, 255} and (out[2:5, 3:6] == 255).all()
+    if fg == 1:  # 8-bit and 16-bit containers alike
+        b = io.BytesIO()
+        Image.fromarray(m.astype(np.uint16)).save(b, format="PNG")
+        assert np.array_equal(imageio.read_mask(b.getvalue()), out)
+
+
 # ---- text tables --------------------------------------------------------------------------------------------------
 
 
@@ -172,6 +186,15 @@ def test_conflicting_duplicate_text_key_names_both_lines(tmp_path: Path, mini: P
     assert "MASK_covid_100.png" in msg and f"lines {first} and 6" in msg and str(csv) in msg
     csv.write_text("".join(lines + [lines[first - 1]]))  # an identical repeat passes
     assert len(layouts.read_layout("qata", mini)) == 4
+
+
+def test_same_key_in_train_and_test_tables_with_two_texts_names_both_files(mini: Path) -> None:
+    train = mini / "text" / "train.csv"
+    test = mini / "text" / "test.csv"
+    test.write_text("Image,Description\nmask_covid_1.png,\"No pulmonary infection.\"\n")
+    with pytest.raises(MedrefError) as e:
+        layouts.read_layout("qata", mini)
+    assert "'mask_covid_1.png'" in str(e.value) and str(train) in str(e.value) and str(test) in str(e.value)
 
 
 def test_latin1_text_csv_is_one_cli_error_naming_file_and_line(tmp_path: Path, mini: Path, capsys) -> None:

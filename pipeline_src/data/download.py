@@ -5,9 +5,12 @@
 Sources (``datasets.<ds>.source``; relative paths are resolved against the current directory = repo root):
   synthetic            pipeline_src/data/synthetic.py writes the real layout of ``kind``, then it is ingested
   <folder>             an extracted release in any layout pipeline_src/data/layouts.py accepts
-  <file>.zip|.tar[.gz] extracted safely (absolute paths, ``..`` members, links and devices are rejected)
+  <file>.zip|.tar[.gz] extracted safely (absolute paths, ``..`` members, links and devices are rejected; a
+                       listing past ``datasets.<ds>.archive`` -- total size, member count, compression ratio --
+                       is refused before anything is extracted; zip or tar is told by content, not suffix)
   https://...          never fetched (no network): the user places the file at data/downloads/<name>; it is
                        verified against the pinned ``datasets.<ds>.sha256`` and then treated as an archive
+Disk full while extracting or copying is one error naming the folder and the space needed.
 
 Normalised raw layout (what preprocess reads):
   data/raw/<ds>/{train,val,test}/{images,masks}/<id><ext>   copies of the source files

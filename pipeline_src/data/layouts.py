@@ -7,7 +7,8 @@ qata:
     ``text/train.csv`` (train + valid rows) and ``text/test.csv``; ``Image,Description``.
   - Kaggle QaTa-COV19-v2: ``{Train Set,Test Set}/{Images,Ground-truths}`` + LViT ``Train_text.csv`` /
     ``Test_text.csv`` (or the original ``*.xlsx``).
-  Text keys are the MASK file name and match the (lower-case) files only case-insensitively. When there is
+  Text keys are the MASK file name (the real one: a JPEG image may have a PNG mask) and match the (lower-case)
+  files only case-insensitively. When there is
   no valid folder, LViT's val carve-out applies: the last ``n - int(0.8 n)`` rows of the train text table
   (1429 of 7145) are val.
 mosmed (MosMedData+):
@@ -19,6 +20,10 @@ folder (Kvasir-SEG, ISIC 2018, BUSI ...):
     optionally under ``{train,val,test}/``; optional text CSV (first column image or mask name, second the
     text). Without split folders the split is a hash of the name (10 % val, 20 % test), stable when files
     are added.
+
+Every reader: text keys and file names are compared in Unicode NFC (an NFD file name from macOS matches its NFC
+key); a key with two different texts is an error naming both lines (or both files); a text table that is not
+UTF-8 is an error naming the file and line.
 """
 
 from __future__ import annotations
@@ -164,10 +169,11 @@ def read_qata(root: Path) -> list[Pair]:
     tables = {s: _find_files(root, *pats) for s, pats in (("train", ("train",)), ("test", ("test",)))}
     # prefer CSV over xlsx when both exist (the CSVs are the LanGuideMedSeg conversion of the same xlsx)
     texts: dict[str, list[tuple[str, str]]] = {}
+    used: dict[str, Path] = {}
     for s, files in tables.items():
         if files:
             files.sort(key=lambda p: (p.suffix.lower() != ".csv", len(p.parts), p.as_posix()))
-            texts[s] = read_text_table(files[0])
+            texts[s], used[s] = read_text_table(files[0]), files[0]
     split_dirs: dict[str, tuple[Path, Path | None]] = {}
     for split, names in (("train", ("train", "Train Set", "Train Folder")), ("val", ("valid", "val", "Val Set", "Val Folder")),
                          ("test", ("test", "Test Set", "Test Folder"))):
@@ -186,7 +192,12 @@ def read_qata(root: Path) -> list[Pair]:
     # LViT val carve-out (only when there is no valid folder): the last n - int(0.8 n) rows of train text
     cut = int(0.8 * len(train_rows))
     val_keys = {k.lower() for k, _ in train_rows[cut:]} if "val" not in split_dirs else set()
-    table = {k.lower(): t for k, t in train_rows + texts.get("test", [])}
+    table = {k.lower(): t for k, t in train_rows}
+    for k, t in texts.get("test", []):
+        if table.get(k.lower(), t) != t:
+            raise MedrefError(f"key {k!r} has two different texts, in {used['train']} and in {used['test']}; "
+                              "keep one of them")
+        table[k.lower()] = t
     pairs = []
     for split, (img_dir, msk_dir) in split_dirs.items():
         index = _mask_index(msk_dir)
