@@ -277,7 +277,7 @@ def test_compression_bomb_is_refused_before_extracting(tmp_path: Path, make, mon
     with pytest.raises(MedrefError) as e:
         download.run(make_params(str(arc)), "d", tmp_path / "raw")
     msg = str(e.value)
-    assert str(arc) in msg and "max_ratio" in msg and "QaTa/train/images/huge.png" in msg
+    assert str(arc) in msg and "datasets.d.archive.max_ratio" in msg and "QaTa/train/images/huge.png" in msg
     assert not calls and not (tmp_path / "raw").exists()
 
 

@@ -69,9 +69,8 @@ def archive_format(archive: Path) -> str | None:
     return None
 
 
-def _check_limits(archive: Path, sizes: list[tuple[str, int]], limits) -> None:
-    """Refuse an archive whose listing (member, uncompressed size) passes ``datasets.<ds>.archive``."""
-    key = "datasets.<dataset>.archive"
+def _check_limits(archive: Path, sizes: list[tuple[str, int]], limits, key: str) -> None:
+    """Refuse an archive whose listing (member, uncompressed size) passes ``limits`` (the params block ``key``)."""
     if len(sizes) > limits.max_members:
         raise MedrefError(f"{archive}: {len(sizes)} members, more than {key}.max_members={limits.max_members} "
                           f"(the first one past the limit: {sizes[limits.max_members][0]!r}); nothing was "
@@ -104,9 +103,9 @@ def unpacked_size(archive: Path) -> int:
         return 0
 
 
-def safe_extract(archive: Path, dest: Path, limits=None) -> None:
+def safe_extract(archive: Path, dest: Path, limits=None, key: str = "datasets.<dataset>.archive") -> None:
     """Extract ``archive`` (zip or tar, told apart by content) into ``dest``. Any unsafe member, or a listing
-    past ``limits`` (a ``datasets.<ds>.archive`` block; defaults if None), is an error before anything is
+    past ``limits`` (the ``key`` params block; its defaults if None), is an error before anything is
     extracted; a corrupt or truncated archive is an error naming it."""
     from pipeline_src.data.params import ArchiveLimits
 
@@ -117,15 +116,15 @@ def safe_extract(archive: Path, dest: Path, limits=None) -> None:
                           "re-download it, or point the source at the extracted folder")
     try:
         if fmt == "zip":
-            _extract_zip(archive, dest, limits)
+            _extract_zip(archive, dest, limits, key)
         else:
-            _extract_tar(archive, dest, limits)
+            _extract_tar(archive, dest, limits, key)
     except (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError) as e:
         raise MedrefError(f"{archive}: corrupt or truncated {fmt} archive ({type(e).__name__}: {e}); "
                           "re-download it (and pin its sha256) or point the source at the extracted folder") from e
 
 
-def _extract_zip(archive: Path, dest: Path, limits) -> None:
+def _extract_zip(archive: Path, dest: Path, limits, key: str) -> None:
     with zipfile.ZipFile(archive) as z:
         infos = z.infolist()
         for info in infos:
@@ -133,11 +132,11 @@ def _extract_zip(archive: Path, dest: Path, limits) -> None:
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise MedrefError(f"{archive}: unsafe archive member {info.filename!r}: symbolic link")
-        _check_limits(archive, [(i.filename, i.file_size) for i in infos], limits)
+        _check_limits(archive, [(i.filename, i.file_size) for i in infos], limits, key)
         z.extractall(dest)
 
 
-def _extract_tar(archive: Path, dest: Path, limits) -> None:
+def _extract_tar(archive: Path, dest: Path, limits, key: str) -> None:
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
         for m in members:
@@ -147,7 +146,7 @@ def _extract_tar(archive: Path, dest: Path, limits) -> None:
                 raise MedrefError(f"{archive}: unsafe archive member {m.name!r}: link to {m.linkname!r}")
             if not (m.isfile() or m.isdir()):
                 raise MedrefError(f"{archive}: unsafe archive member {m.name!r}: not a regular file or folder")
-        _check_limits(archive, [(m.name, m.size) for m in members], limits)
+        _check_limits(archive, [(m.name, m.size) for m in members], limits, key)
         # filter="data" is a second line of defence (strips modes/owners, refuses anything odd)
         tf.extractall(dest, members=members, filter="data")
 
@@ -307,7 +306,7 @@ def run(params, dataset: str, out_dir: Path) -> Path:
 def _run_pairs(dp, dataset: str, kind_src: str, path: Path | None, source_digest: str,
                out_dir: Path) -> list[layouts.Pair]:
     with scratch_beside(out_dir) as tmp:
-        root = _source_root(dp, kind_src, path, tmp)
+        root = _source_root(dp, dataset, kind_src, path, tmp)
         pairs = layouts.read_layout(dp.kind, root)
         with atomic_dir(out_dir) as dest:
             normalise(pairs, root, dest)
@@ -322,7 +321,7 @@ def _run_pairs(dp, dataset: str, kind_src: str, path: Path | None, source_digest
 VOLUME_DIRS = ("imagesTr", "labelsTr")
 
 
-def _source_root(dp, kind_src: str, path: Path | None, tmp: Path) -> Path:
+def _source_root(dp, dataset: str, kind_src: str, path: Path | None, tmp: Path) -> Path:
     """The folder to read the release from: generated into ``tmp`` (synthetic), extracted into ``tmp``
     (archive), or the source folder itself."""
     if kind_src == "synthetic":
@@ -339,7 +338,7 @@ def _source_root(dp, kind_src: str, path: Path | None, tmp: Path) -> Path:
     assert path is not None
     if kind_src == "archive":
         _log(f"extracting {path}")
-        safe_extract(path, tmp, dp.archive)
+        safe_extract(path, tmp, dp.archive, f"datasets.{dataset}.archive")
         return _single_root(tmp)
     return path
 
@@ -348,7 +347,7 @@ def _run_volumes(dp, dataset: str, kind_src: str, path: Path | None, source_dige
     """kind: volumes -> data/raw/<ds>/{imagesTr,labelsTr}/ + dataset.json (nnU-Net layout, files copied as they
     are; preprocess validates them) + checksums.json. Synthetic: pipeline_src/data/synthetic_volumes.py."""
     with scratch_beside(out_dir) as tmp:
-        root = _source_root(dp, kind_src, path, tmp)
+        root = _source_root(dp, dataset, kind_src, path, tmp)
         missing = [n for n in (*VOLUME_DIRS, "dataset.json") if not (root / n).exists()]
         if missing:
             raise MedrefError(f"{root}: not a volumes dataset (nnU-Net layout): missing {', '.join(missing)} "
