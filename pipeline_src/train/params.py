@@ -95,7 +95,7 @@ class DispersiveParams(Strict):
 
 class TrainParams(Strict):
     model: ModelParams = ModelParams()
-    epochs: int = Field(3, ge=1)  # one epoch = one pass over the whole training set (labelled + unlabelled)
+    epochs: int = Field(2, ge=1)  # one epoch = one pass over the whole training set (labelled + unlabelled)
     max_steps: int | None = Field(None, ge=1)  # debug runs: stop early (schedules still follow epochs)
     batch_size: int = Field(16, ge=1)  # labelled images per step; paper 32
     unlabelled_batch_size: int = Field(16, ge=1)  # unlabelled images per step (teacher-student methods); paper 32
@@ -106,7 +106,7 @@ class TrainParams(Strict):
     checkpoint_every: int = Field(50, ge=1)  # steps; plus one at the end
     # a labelled set smaller than batch_size: "error" (checked by `medref train` before any work) or "cap" the
     # labelled batch at the set size (tiny synthetic demo regimes: 1 % of 200 images = 2). Not a result key.
-    small_labelled: Literal["error", "cap"] = "error"
+    small_labelled: Literal["error", "cap"] = "cap"
     precise_bn_batches: int = Field(8, ge=0)  # recompute BN running stats on the final weights (0 = off)
     val_max: int = Field(64, ge=0)  # validation images scored per epoch (0 = none)
     device: Literal["auto", "cpu", "cuda"] = "auto"
