@@ -95,6 +95,9 @@ def run(params, regime: str, shards_dir: Path, out_file: Path) -> dict:
     r = params.regime(regime)
     seed = params.split.seed
     shards_dir = Path(shards_dir)
+    from pipeline_src.data.preprocess import require_current
+
+    require_current(shards_dir, params, r.dataset, load_manifest(shards_dir))
     evaluated_on = _require_eval_split(shards_dir, r.dataset)
     sel = labelled_selection(shards_dir, r.fraction, seed)
     out = {
