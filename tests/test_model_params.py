@@ -23,3 +23,14 @@ def test_inconsistent_model_params_are_one_error(repo_root, tmp_path, capsys, ke
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expect in err and str(f) in err, err
     assert not (tmp_path / "s.json").exists()
+
+
+def test_out_of_range_stages_blame_out_indices_not_the_encoder():
+    from pipeline_src.errors import MedrefError
+    from pipeline_src.models.encoders import ImageEncoder
+
+    with pytest.raises(MedrefError, match=r"train\.model\.out_indices: \[7, 8\] do not exist in 'resnet18', which has "
+                                          r"5 feature stages"):
+        ImageEncoder("resnet18", None, (7, 8))
+    with pytest.raises(MedrefError, match="train.model.image_encoder: cannot build timm model 'no_such_net'"):
+        ImageEncoder("no_such_net", None, (1, 2))
