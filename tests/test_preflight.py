@@ -105,3 +105,8 @@ def test_bad_multiclass_config_fails_before_sbatch(repo_root, volumes_shards, tm
             launcher.launch(p, "tiny", **volumes_shards, out_dir=tmp_path / "m", run_dir=tmp_path / "r",
                             launcher="slurm", params_file=repo_root / "params.yaml")
     assert submitted == []
+
+
+def test_bad_encoder_stages_fail_in_preflight(repo_root, tiny):
+    with pytest.raises(MedrefError, match=r"train\.model\.out_indices: \[7, 8\] do not exist"):
+        _check(_params(repo_root, model={"out_indices": [7, 8]}), tiny)

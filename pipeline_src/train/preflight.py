@@ -9,6 +9,7 @@ the caller's machine instead of minutes later inside a queued GPU job:
 
 - the regime's method is a registered training method;
 - the shards exist; a multi-class (volumes) dataset gets a supervised method and no horizontal flip;
+- the timm image encoder exists and has the stages ``out_indices`` names;
 - local weight files/folders named in params exist (nothing is downloaded);
 - the split file exists and was written for THIS regime's fraction, split seed and shards (a split file from
   another fraction or from shards since rebuilt would silently train on the wrong labelled set);
@@ -73,6 +74,7 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
                               "their labels")
     model = model.model_copy(update={"n_classes": n_classes})
 
+    _check_encoder(model)
     for key in ("image_weights", "text_weights"):
         value = getattr(model, key)
         if not value:
@@ -111,6 +113,17 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
     if not labels_file.is_file():
         raise MedrefError(f"{labels_file}: pseudo-label file not found (run `medref pseudolabel {r.dataset}` first)")
     return Plan(regime, r.method, cfg.model_copy(update={"model": model}), split, n_classes)
+
+
+def _check_encoder(model) -> None:
+    """Build the image encoder on torch's meta device (no memory, no weights, well under a second): an unknown timm
+    name or stage indices it does not have fail here, on the submitting host, not inside the job."""
+    import torch
+
+    from pipeline_src.models.encoders import ImageEncoder
+
+    with torch.device("meta"):
+        ImageEncoder(model.image_encoder, None, tuple(model.out_indices))
 
 
 def _read_split(split_file: Path, regime: str) -> dict:
