@@ -12,13 +12,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline_src.data.splits import n_labelled, select, select_cases
 from pipeline_src.data.synthetic_volumes import LABELS, generate_volumes
 from pipeline_src.data.volumes import (
-    case_split,
     decode_class_masks,
     iter_volume_slices,
     load_case,
-    regime_ids,
     restack,
     split_cases,
     window,
@@ -203,16 +202,26 @@ def test_case_regimes_are_nested():
     ids = [f"c{i:02d}" for i in range(40)]
     prev: set[str] = set()
     for f in (0.05, 0.1, 0.25, 0.5, 1.0):
-        cur = set(case_split(ids, f, seed=7))
-        assert len(cur) == max(1, round(f * 40)) and prev <= cur
+        cur = set(select(ids, f, seed=7)[0])
+        assert len(cur) == n_labelled(f, 40) and prev <= cur
         prev = cur
     assert prev == set(ids)
     slice_cases = [c for c in ids for _ in range(3)]
     slice_ids = [f"{c}_{k:03d}" for c in ids for k in range(3)]
-    r = regime_ids(slice_cases, slice_ids, 0.1, seed=7)
+    r = select_cases(slice_cases, slice_ids, 0.1, seed=7)
     assert len(r["labelled"]) == 3 * len(r["labelled_cases"])
     assert set(r["labelled"]).isdisjoint(r["unlabelled"]) and len(r["labelled"]) + len(r["unlabelled"]) == 120
     assert {s.rsplit("_", 1)[0] for s in r["labelled"]} == set(r["labelled_cases"])
+
+
+def test_cases_and_slices_share_one_labelled_rule():
+    """The labelled count and order of cases are the ones 2-D images get: 0.5 of 5 cases labels 3 (half up), as
+    0.5 of 5 images does; numpy's round() (half to even) gave 2 before the two rules became one."""
+    cases = [f"case_{i}" for i in range(5)]
+    slice_ids = [f"{c}_{k:03d}" for c in cases for k in range(2)]
+    r = select_cases([c for c in cases for _ in range(2)], slice_ids, 0.5, seed=0)
+    assert r["labelled_cases"] == select(cases, 0.5, seed=0)[0]
+    assert len(r["labelled_cases"]) == 3 == len(select([f"img{i}" for i in range(5)], 0.5, seed=0)[0])
 
 
 # ---- shards --------------------------------------------------------------------------------------------------

@@ -113,6 +113,7 @@ def make_dataset(
                 "labelled": sorted(perm[:k]),
                 "unlabelled": sorted(perm[k:]),
                 "eval_split": "val",
+                "shards_digest": manifest["digest"],
                 "digest": "d",
             }
         )

@@ -276,3 +276,38 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
         _log(f"{split}: {e['count']} all-background mask(s) among lesion masks (listed in manifest.json "
              f"empty_masks): {', '.join(e['ids'][:5])}{' ...' if e['count'] > 5 else ''}")
     return out_dir
+
+
+def stale_reason(manifest: dict, params, dataset: str) -> str | None:
+    """Why shards with this manifest were NOT made for the current params (None when they were).
+
+    Later stages (split, pseudolabel) call it, so that after a failed or skipped ``medref preprocess`` they refuse
+    the previous shards instead of silently using them. It compares what the manifest records with what
+    params.yaml asks now: the preprocess section (2-D datasets), or the slice size, CT window and case split
+    (volumes). A manifest that records none of it (hand-made test fixtures) cannot be judged and passes."""
+    if manifest.get("kind") == "volumes":
+        v = params.dataset(dataset).volumes
+        want = {"image_size": v.image_size or params.preprocess.image_size,
+                "window": {"hu_min": v.hu_min, "hu_max": v.hu_max},
+                "split": {"val_fraction": v.val_fraction, "test_fraction": v.test_fraction, "seed": v.split_seed}}
+        have = {k: manifest.get(k) for k in want}
+        recorded = all(k in manifest for k in want)
+    else:
+        want, have = params.preprocess.model_dump(mode="json"), manifest.get("params")
+        recorded = have is not None
+    if not recorded or have == want:
+        return None
+    if isinstance(have, dict) and isinstance(want, dict):
+        diff = [f"{k}: {have.get(k)!r} in the shards, {want.get(k)!r} in params" for k in sorted(want | have)
+                if have.get(k) != want.get(k)]
+    else:
+        diff = [f"{have!r} in the shards, {want!r} in params"]
+    return "; ".join(diff)
+
+
+def require_current(shards_dir: Path, params, dataset: str, manifest: dict) -> None:
+    """MedrefError when the shards in ``shards_dir`` were made for other params (see :func:`stale_reason`)."""
+    why = stale_reason(manifest, params, dataset)
+    if why is not None:
+        raise MedrefError(f"{Path(shards_dir) / 'manifest.json'}: these shards were made for other params ({why}); "
+                          f"re-run `medref preprocess {dataset}` (or `dvc repro preprocess@{dataset}`) first")

@@ -33,7 +33,8 @@ Shard schema: the contract columns, with two volume-specific differences, plus f
   passes this spacing to HD95, so distances are in mm of the original anatomy.
 
 Splits are by CASE (seeded, val/test fractions from params): the slices of one case are never in two splits.
-Label regimes are by case too: :func:`case_split` returns a nested labelled prefix of the training cases.
+Label regimes are by case too: ``pipeline_src.data.splits`` labels whole training cases, with the same rule as
+for 2-D images.
 """
 
 from __future__ import annotations
@@ -249,29 +250,6 @@ def split_cases(case_ids: Sequence[str], val_fraction: float, test_fraction: flo
     out.update({c: "val" for c in order[n_test : n_test + n_val]})
     out.update({c: "train" for c in order[n_test + n_val :]})
     return out
-
-
-def case_split(case_ids: Sequence[str], fraction: float, seed: int) -> list[str]:
-    """Labelled training cases for a regime: the first max(1, round(f*N)) of a seeded permutation of the
-    sorted ids, so the 10 % set contains the 5 % set (nested, as the contract's slice-level splits)."""
-    if not 0.0 < fraction <= 1.0:
-        raise MedrefError(f"fraction must be in (0, 1], got {fraction}")
-    ids = sorted(set(case_ids))
-    if not ids:
-        raise MedrefError("no training cases to select labelled cases from")
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    return sorted(order[: max(1, round(fraction * len(ids)))])
-
-
-def regime_ids(case_ids: Sequence[str], slice_ids: Sequence[str], fraction: float, seed: int) -> dict[str, list[str]]:
-    """Case-level regime expressed as the split file's slice ids: {labelled_cases, labelled, unlabelled}.
-
-    ``case_ids[i]`` is the case of ``slice_ids[i]`` (the train split's case_id / id columns).
-    """
-    chosen = set(case_split(case_ids, fraction, seed))
-    lab = sorted(s for s, c in zip(slice_ids, case_ids, strict=True) if c in chosen)
-    unl = sorted(s for s, c in zip(slice_ids, case_ids, strict=True) if c not in chosen)
-    return {"labelled_cases": sorted(chosen), "labelled": lab, "unlabelled": unl}
 
 
 # ---- slices -> rows -> shards --------------------------------------------------------------------------------

@@ -233,6 +233,7 @@ def run(
     model_dir, shards_dir, labels_file = Path(model_dir), Path(shards_dir), Path(labels_file)
     if not (model_dir / "model.pt").exists():
         raise MedrefError(f"{model_dir}/model.pt: no trained model (run `medref train {regime}` first)")
+    _require_trained_on(model_dir, shards_dir, regime)
     r = params.regime(regime)
     ep = params.eval
     torch.set_num_threads(params.base.cpu_threads)  # same bits as any engine/launcher (see base.cpu_threads)
@@ -302,6 +303,26 @@ def run(
         _write_overlays(tmp, dataset, per_sample, packed, shape, ep.overlays_per_kind, regime)
     write_json(metrics_file, metrics)
     return metrics
+
+
+def _require_trained_on(model_dir: Path, shards_dir: Path, regime: str) -> None:
+    """Refuse to score a model on shards other than the ones it was trained from (e.g. shards rebuilt at another
+    image size since): its provenance records the shards digest, the manifest holds the current one."""
+    from pipeline_src.data.dataset import load_manifest
+
+    prov = Path(model_dir) / "provenance.json"
+    if not prov.is_file():
+        return  # a model folder from elsewhere, without provenance: the predictor's own checks still apply
+    try:
+        trained_on = (json.loads(prov.read_text()).get("inputs") or {}).get("shards")
+    except ValueError as e:
+        raise MedrefError(f"{prov}: not valid JSON ({e}); restore it with `dvc checkout {model_dir}`") from e
+    now = load_manifest(shards_dir).get("digest")
+    if trained_on is not None and now is not None and trained_on != now:
+        raise MedrefError(
+            f"{model_dir}: trained on shards {trained_on[:12]}, but {shards_dir} now holds {now[:12]} (rebuilt since, "
+            f"e.g. with another preprocess.image_size); re-train (`medref train {regime}` / `dvc repro train@{regime}`) "
+            "or restore the shards it was trained on")
 
 
 def _write_overlays(out: Path, dataset, per_sample, packed, shape, k: int, regime: str) -> None:

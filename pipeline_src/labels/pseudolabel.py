@@ -111,8 +111,10 @@ def run(params, dataset: str, shards_dir: Path, out_file: Path, metrics_file: Pa
 
     from pipeline_src import provenance
     from pipeline_src.data.dataset import load_manifest, read_table
+    from pipeline_src.data.preprocess import require_current
 
     manifest = load_manifest(shards_dir)
+    require_current(shards_dir, params, dataset, manifest)  # e.g. a failed preprocess left the previous shards
     pp = params.pseudolabel.model_dump()
     all_cols: dict[str, list] = {k: [] for k in schema().names}
     per_split = {}

@@ -25,7 +25,11 @@ class ImageEncoder(nn.Module):
             self.body = timm.create_model(
                 name, features_only=True, pretrained=False, in_chans=1, out_indices=tuple(out_indices)
             )
-        except Exception as e:  # timm raises RuntimeError/KeyError for unknown names or indices
+        except Exception as e:  # timm raises RuntimeError/KeyError for unknown names, IndexError for bad indices
+            if timm.is_model(name):  # the name is fine: the stage indices are what timm could not use
+                n = len(timm.create_model(name, features_only=True, pretrained=False, in_chans=1).feature_info)
+                raise MedrefError(f"train.model.out_indices: {list(out_indices)} do not exist in {name!r}, which has "
+                                  f"{n} feature stages (valid indices 0..{n - 1})") from e
             raise MedrefError(f"train.model.image_encoder: cannot build timm model {name!r}: {e}") from e
         if weights:
             load_image_weights(self.body, Path(weights))

@@ -253,7 +253,14 @@ def launch(
 ):
     """Train ``regime`` in-process or on SLURM; returns what ``train.run`` returns."""
     params.regime(regime)  # unknown regime -> one clear error before anything is submitted
-    preflight(params, regime, Path(shards_dir), Path(split_file), params_file)
+    from pipeline_src.params import Params
+
+    if isinstance(params, Params):  # launcher unit tests pass a stand-in object with nothing to check
+        # every check that can fail, on this host, BEFORE a SLURM job is queued (train.run repeats it: cheap)
+        from pipeline_src.train.preflight import preflight
+
+        preflight(params, regime, shards_dir=Path(shards_dir), labels_file=Path(labels_file),
+                  split_file=Path(split_file), params_file=params_file)
     paths = dict(
         shards_dir=Path(shards_dir),
         labels_file=Path(labels_file),
@@ -268,42 +275,6 @@ def launch(
     if params_file is None:
         raise MedrefError("launcher slurm: params_file is required (the job re-loads params from it)")
     return SlurmLauncher(load_cluster_config().slurm).run(regime, Path(params_file), paths, resume)
-
-
-def preflight(params, regime: str, shards_dir: Path, split_file: Path, params_file: Path | None = None) -> None:
-    """Checks that need more than the params schema, before any work (or SLURM submission) starts:
-    local weights files exist, and the labelled set fills one batch (unless ``train.small_labelled: cap``)."""
-    from pipeline_src.params import Params
-
-    if not isinstance(params, Params):  # a stand-in object (launcher unit tests): nothing to check
-        return
-    src = params_file or "params.yaml"
-    r = params.regime(regime)
-    cfg = params.train_for(regime)
-    for key in ("image_weights", "text_weights"):
-        value = getattr(cfg.model, key)
-        if not value:
-            continue
-        folder = value.startswith("local-dir:")
-        path = Path(value.removeprefix("local-dir:"))
-        if not (path.is_dir() if folder else path.is_file()):
-            where = f"regimes.{regime}.train.model.{key}" if key in r.train.get("model", {}) else f"train.model.{key}"
-            raise MedrefError(f"{src}: {where}: {'folder' if folder else 'file'} {path} not found "
-                              "(local weights only; nothing is downloaded)")
-    if cfg.small_labelled == "cap":
-        return
-    if split_file.is_file():
-        n = len(json.loads(split_file.read_text()).get("labelled", []))
-    elif (shards_dir / "manifest.json").is_file():  # the split stage's rule: max(1, round(f * N))
-        rows = json.loads((shards_dir / "manifest.json").read_text())["splits"].get("train", {}).get("rows", 0)
-        n = max(1, round(r.fraction * rows))
-    else:
-        return  # inputs missing: train.run names them
-    if n < cfg.batch_size:
-        bs_key = f"regimes.{regime}.train.batch_size" if "batch_size" in r.train else "train.batch_size"
-        raise MedrefError(
-            f"{src}: regimes.{regime}.fraction: {r.fraction} gives {n} labelled image(s), fewer than {bs_key} "
-            f"= {cfg.batch_size}; lower the batch size, raise the fraction, or set train.small_labelled: cap")
 
 
 class _Interrupted(BaseException):

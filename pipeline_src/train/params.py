@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -38,6 +38,22 @@ class ModelParams(Strict):
     # output channels: 1 = binary (sigmoid); C = softmax over C classes, background included. Set by the train
     # stage from the shards manifest (a volumes dataset's n_classes), saved in model.pt; not a knob to tune
     n_classes: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelParams:
+        # Checked here, not deep inside torch (an AssertionError / IndexError there named nothing the user set).
+        if not self.out_indices:
+            raise ValueError("out_indices: at least one encoder stage must feed the decoder, e.g. [1, 2, 3, 4]")
+        if any(i < 0 for i in self.out_indices) or list(self.out_indices) != sorted(set(self.out_indices)):
+            raise ValueError(f"out_indices: {list(self.out_indices)} must be distinct stage indices >= 0, shallow "
+                             "to deep (increasing)")
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"decoder_heads: {self.decoder_heads} does not divide decoder_dim {self.decoder_dim} "
+                             "(cross-attention splits the channels evenly over the heads)")
+        own_tower = not (self.text_weights or "").startswith("local-dir:")  # a local-dir tower brings its own sizes
+        if own_tower and self.text_width % self.text_heads:
+            raise ValueError(f"text_heads: {self.text_heads} does not divide text_width {self.text_width}")
+        return self
 
 
 class SSLParams(Strict):
@@ -95,7 +111,7 @@ class DispersiveParams(Strict):
 
 class TrainParams(Strict):
     model: ModelParams = ModelParams()
-    epochs: int = Field(3, ge=1)  # one epoch = one pass over the whole training set (labelled + unlabelled)
+    epochs: int = Field(2, ge=1)  # one epoch = one pass over the whole training set (labelled + unlabelled)
     max_steps: int | None = Field(None, ge=1)  # debug runs: stop early (schedules still follow epochs)
     batch_size: int = Field(16, ge=1)  # labelled images per step; paper 32
     unlabelled_batch_size: int = Field(16, ge=1)  # unlabelled images per step (teacher-student methods); paper 32
@@ -106,7 +122,7 @@ class TrainParams(Strict):
     checkpoint_every: int = Field(50, ge=1)  # steps; plus one at the end
     # a labelled set smaller than batch_size: "error" (checked by `medref train` before any work) or "cap" the
     # labelled batch at the set size (tiny synthetic demo regimes: 1 % of 200 images = 2). Not a result key.
-    small_labelled: Literal["error", "cap"] = "error"
+    small_labelled: Literal["error", "cap"] = "cap"
     precise_bn_batches: int = Field(8, ge=0)  # recompute BN running stats on the final weights (0 = off)
     val_max: int = Field(64, ge=0)  # validation images scored per epoch (0 = none)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -269,51 +269,71 @@ def val_alignment(net, val: Split, n_max: int, tokenize, device) -> dict:
     return {f"val_{k}": v for k, v in alignment_score(img, txt, b["texts"], b["regions"], b["known"]).items()}
 
 
-# ---- the stage ----------------------------------------------------------------------------------------------------
+# ---- the stage: setup -> fit -> export ----------------------------------------------------------------------------
 
 def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Path, out_dir: Path,
         run_dir: Path, resume: bool = True) -> Path:
-    import json
+    """Train ``regime`` and write ``out_dir`` (models/<regime>/). Checks first (``preflight``), then the loop."""
+    paths = {"shards_dir": Path(shards_dir), "labels_file": Path(labels_file), "split_file": Path(split_file),
+             "run_dir": Path(run_dir)}
+    state = setup(params, regime, resume=resume, **paths)
+    fit(state)
+    return export(state, params, Path(out_dir))
 
-    shards_dir, labels_file, split_file = Path(shards_dir), Path(labels_file), Path(split_file)
-    out_dir, run_dir = Path(out_dir), Path(run_dir)
-    cfg = params.train_for(regime)
+
+@dataclass
+class RunState:
+    """What the loop and the export need: data, model, method, optimiser, schedules and the progress so far."""
+
+    regime: str
+    method_name: str
+    cfg: object
+    seed: int
+    device: torch.device
+    autocast: object
+    lab: Split
+    unl: Split | None
+    val: Split | None
+    use_unl: bool
+    bs_l: int
+    bs_u: int
+    steps_per_epoch: int
+    total: int
+    stop: int
+    sched: Schedules
+    method: object
+    opt: torch.optim.Optimizer
+    tok: object
+    fingerprint: str
+    paths: dict
+    step: int = 0
+    history: list | None = None
+    acc: dict | None = None
+    elapsed: float = 0.0
+
+
+def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_file: Path, run_dir: Path,
+          resume: bool = True) -> RunState:
+    """Resolve the config, load the data, build model/method/optimiser, and resume from the run folder's checkpoint."""
+    from pipeline_src.train.preflight import preflight
+
+    plan = preflight(params, regime, shards_dir=shards_dir, labels_file=labels_file, split_file=split_file)
+    cfg = plan.cfg
     torch.set_num_threads(params.base.cpu_threads)  # see base.cpu_threads: bit-identical weights across engines
-    method_name = params.regime(regime).method
-    if method_name not in METHODS:
-        raise MedrefError(f"params.yaml: regimes.{regime}.method: {method_name!r} has no training method")
-    Method = METHODS[method_name]
-    if Method.arch is not None and Method.arch != cfg.model.arch:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"arch": Method.arch})})
-    # multi-class (volumes): the head has one channel per class of the shards (background included)
-    from pipeline_src.data.dataset import is_class_index, load_manifest
-
-    manifest = load_manifest(shards_dir)
-    n_classes = int(manifest["n_classes"]) if is_class_index(manifest) else 1
-    if n_classes > 1:
-        if Method.needs_unlabelled or Method.has_teacher:
-            raise MedrefError(f"params.yaml: regimes.{regime}.method: {method_name!r} is binary-only (sigmoid "
-                              f"pseudo-labels); a multi-class dataset ({n_classes} classes) needs a supervised method")
-        if cfg.augment.flip_p > 0:
-            raise MedrefError(f"params.yaml: regimes.{regime}.train.augment.flip_p must be 0 for a multi-class volumes "
-                              "dataset: a horizontal flip swaps left/right organs (kidneys, liver/spleen) but not "
-                              "their labels")
-    if cfg.model.n_classes != n_classes:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"n_classes": n_classes})})
     seed = params.base.seed
     device = pick_device(cfg)
     seed_everything(seed, device)
 
-    # -- data --
-    if not split_file.is_file():
-        raise MedrefError(f"{split_file}: split file not found (run `medref split` for {regime})")
-    split = json.loads(split_file.read_text())
     labels = read_labels(labels_file)
-    lab = load_split(shards_dir, "train", split["labelled"], labels)
-    unl = load_split(shards_dir, "train", split["unlabelled"], labels) if split["unlabelled"] else None
+    lab = load_split(shards_dir, "train", plan.split["labelled"], labels)
+    unl = load_split(shards_dir, "train", plan.split["unlabelled"], labels) if plan.split["unlabelled"] else None
     val = load_split(shards_dir, "val", None, labels) if cfg.val_max > 0 else None
-    if len(lab) == 0:
-        raise MedrefError(f"{split_file}: no labelled images")
+    n_unknown = sum(int((~sp.known).sum()) for sp in (lab, unl) if sp is not None)
+    if n_unknown:
+        n_all = len(lab) + (len(unl) if unl is not None else 0)
+        print(f"[train] {regime}: {n_unknown} of {n_all} training texts name no lung position (regions unknown: "
+              "they get no ITCL positives and no T-PatchMix partner)", flush=True)
+    Method = METHODS[plan.method]
     use_unl = Method.needs_unlabelled and unl is not None and len(unl) > 0
     bs_l = min(cfg.batch_size, len(lab))  # 1 % of a small set can hold fewer images than one batch
     bs_u = min(cfg.unlabelled_batch_size, len(unl)) if use_unl else 0
@@ -325,7 +345,6 @@ def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Pa
     stop = min(total, cfg.max_steps) if cfg.max_steps else total
     sched = make_schedules(cfg, total, steps_per_epoch)
 
-    # -- model, method, optimiser --
     model = build_model(cfg.model).to(device)
     tok = build_tokenizer(cfg.model.context_length, cfg.model.text_weights)
     autocast = contextlib.nullcontext
@@ -335,49 +354,56 @@ def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Pa
             return torch.autocast("cuda", dtype=torch.bfloat16)
     method = Method(cfg, model, sched, tok, autocast)
     opt = torch.optim.AdamW(param_groups(method.student, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    fit_model = method.student
     if cfg.compile and device.type == "cuda":
-        # Compile the student's forward in place; state_dict keys stay unprefixed for checkpoints.
-        fit_model.compile()
+        method.student.compile()  # in place: state_dict keys stay unprefixed for checkpoints
 
     fingerprint = sha256_json({
         "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_RESULT_KEYS},
-        "method": method_name, "seed": seed, "split": split.get("digest"),
+        "method": plan.method, "seed": seed, "split": plan.split.get("digest"),
         "labelled": len(lab), "unlabelled": len(unl) if unl is not None else 0,
     })
+    state = RunState(regime, plan.method, cfg, seed, device, autocast, lab, unl, val, use_unl, bs_l, bs_u,
+                     steps_per_epoch, total, stop, sched, method, opt, tok, fingerprint,
+                     {"shards_dir": shards_dir, "labels_file": labels_file, "split_file": split_file,
+                      "run_dir": run_dir}, 0, [], {})
+    ckpt = ckpt_io.load_checkpoint(run_dir, fingerprint) if resume else None
+    if ckpt is not None:
+        method.modules.load_state_dict(ckpt["modules"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state.step, state.history, state.acc = ckpt["step"], ckpt["history"], ckpt["acc"]
+        ckpt_io.set_rng_state(ckpt["rng"])
+        print(f"[train] {regime}: resumed from {run_dir / ckpt_io.CHECKPOINT} at step {state.step}/{stop}")
+    return state
 
-    # -- resume --
-    step, history, acc = 0, [], {}
-    state = ckpt_io.load_checkpoint(run_dir, fingerprint) if resume else None
-    if state is not None:
-        method.modules.load_state_dict(state["modules"])
-        opt.load_state_dict(state["optimizer"])
-        step, history, acc = state["step"], state["history"], state["acc"]
-        ckpt_io.set_rng_state(state["rng"])
-        print(f"[train] {regime}: resumed from {run_dir / ckpt_io.CHECKPOINT} at step {step}/{stop}")
 
-    def save_checkpoint() -> None:
+def save_checkpoint(s: RunState) -> None:
+    path = s.paths["run_dir"] / ckpt_io.CHECKPOINT
+    with disk_full_is_error(path, s.regime):
         ckpt_io.save_torch({
-            "modules": method.modules.state_dict(), "optimizer": opt.state_dict(), "step": step,
-            "history": history, "acc": acc, "rng": ckpt_io.rng_state(), "fingerprint": fingerprint,
-            "method": method_name, "regime": regime, "config": cfg.model_dump(mode="json"),
-        }, run_dir / ckpt_io.CHECKPOINT)
+            "modules": s.method.modules.state_dict(), "optimizer": s.opt.state_dict(), "step": s.step,
+            "history": s.history, "acc": s.acc, "rng": ckpt_io.rng_state(), "fingerprint": s.fingerprint,
+            "method": s.method_name, "regime": s.regime, "config": s.cfg.model_dump(mode="json"),
+        }, path)
 
-    # -- the loop --
+
+def fit(s: RunState) -> None:
+    """The loop: one optimiser step per labelled (+ unlabelled) batch; per-epoch logs, validation, checkpoints."""
+    cfg, method, opt, sched = s.cfg, s.method, s.opt, s.sched
     method.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=stop, initial=step, desc=f"train {regime} [{method_name}]", unit="step",
+    bar = tqdm(total=s.stop, initial=s.step, desc=f"train {s.regime} [{s.method_name}]", unit="step",
                disable=os.environ.get("MEDREF_PROGRESS", "1") == "0", dynamic_ncols=True)
-    while step < stop:
+    while s.step < s.stop:
+        step = s.step
         for group in opt.param_groups:
             group["lr"] = float(sched.lr[step])
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + 104_729 + step)
-        bl = lab.batch(batch_indices(len(lab), bs_l, step, seed, 0), device)
-        bu = unl.batch(batch_indices(len(unl), bs_u, step, seed, 1), device) if use_unl else None
+        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + 104_729 + step)
+        bl = s.lab.batch(batch_indices(len(s.lab), s.bs_l, step, s.seed, 0), s.device)
+        bu = s.unl.batch(batch_indices(len(s.unl), s.bs_u, step, s.seed, 1), s.device) if s.use_unl else None
 
         loss, logs = method.loss(step, bl, bu, gen)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{regime}: loss is {loss.item()} at step {step} ({logs})")  # dinov2: fail loudly
+            raise FloatingPointError(f"{s.regime}: loss is {loss.item()} at step {step} ({logs})")  # dinov2: fail loudly
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -387,55 +413,77 @@ def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Pa
 
         logs = {"loss": loss.detach(), **logs}
         for k, v in logs.items():  # per-epoch means (kept in the checkpoint so a resumed epoch averages right)
-            s, c = acc.get(k, (0.0, 0))
-            acc[k] = (s + float(v), c + 1)
-        step += 1
+            total, count = s.acc.get(k, (0.0, 0))
+            s.acc[k] = (total + float(v), count + 1)
+        s.step = step = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{sched.lr[step - 1]:.2e}")
-        if step % steps_per_epoch == 0 or step == stop:
-            row = {"epoch": math.ceil(step / steps_per_epoch), "step": step, "lr": float(sched.lr[step - 1])}
+        if step % s.steps_per_epoch == 0 or step == s.stop:
+            row = {"epoch": math.ceil(step / s.steps_per_epoch), "step": step, "lr": float(sched.lr[step - 1])}
             if method.has_teacher:
                 row["unsup_weight"] = float(sched.unsup[step - 1])
-            row.update({f"train_{k}": s / c for k, (s, c) in acc.items()})
-            if val is not None:
-                row.update(validate(method.export(), val, cfg.val_max, tok, device, autocast))
-            history.append(row)
-            acc = {}
-            bar.write(f"[train] {regime} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                      for k, v in row.items()))
-        if step % cfg.checkpoint_every == 0 or step == stop:
-            save_checkpoint()
+            row.update({f"train_{k}": total / count for k, (total, count) in s.acc.items()})
+            if s.val is not None:
+                row.update(validate(method.export(), s.val, cfg.val_max, s.tok, s.device, s.autocast))
+            s.history.append(row)
+            s.acc = {}
+            bar.write(f"[train] {s.regime} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                        for k, v in row.items()))
+        if step % cfg.checkpoint_every == 0 or step == s.stop:
+            save_checkpoint(s)
     bar.close()
-    elapsed = time.perf_counter() - t0
+    s.elapsed = time.perf_counter() - t0
 
-    # -- outputs (atomic) --
-    net = method.export()
-    precise_bn(net, [lab] + ([unl] if unl is not None else []), cfg.precise_bn_batches, cfg.batch_size, tok, device,
-               autocast)
-    if val is not None and history:
-        history[-1].update(validate(net, val, cfg.val_max, tok, device, autocast))  # the exported model's score
-        history[-1].update(val_alignment(net, val, cfg.val_max, tok, device))
-        print(f"[train] {regime} exported model ({'EMA teacher' if method.has_teacher else 'student'}, precise BN): "
-              + " ".join(f"{k}={v:.4g}" for k, v in history[-1].items() if k.startswith("val_")))
-    mcfg = cfg.model.model_dump(mode="json")
-    config = {"regime": regime, "method": method_name, "seed": seed, "steps": stop, "total_steps": total,
-              "steps_per_epoch": steps_per_epoch, "n_labelled": len(lab), "n_unlabelled": len(unl) if unl else 0,
-              "batch_size": bs_l, "unlabelled_batch_size": bs_u, "device": device.type,
-              "train": cfg.model_dump(mode="json")}
-    with atomic_dir(out_dir) as tmp:
+
+def export(s: RunState, params, out_dir: Path) -> Path:
+    """Precise BN, the exported network's validation scores, then models/<regime>/ written atomically."""
+    cfg = s.cfg
+    net = s.method.export()
+    precise_bn(net, [s.lab] + ([s.unl] if s.unl is not None else []), cfg.precise_bn_batches, cfg.batch_size, s.tok,
+               s.device, s.autocast)
+    if s.val is not None and s.history:
+        s.history[-1].update(validate(net, s.val, cfg.val_max, s.tok, s.device, s.autocast))  # the exported model
+        s.history[-1].update(val_alignment(net, s.val, cfg.val_max, s.tok, s.device))
+        print(f"[train] {s.regime} exported model ({'EMA teacher' if s.method.has_teacher else 'student'}, precise "
+              "BN): " + " ".join(f"{k}={v:.4g}" for k, v in s.history[-1].items() if k.startswith("val_")))
+    config = {"regime": s.regime, "method": s.method_name, "seed": s.seed, "steps": s.stop, "total_steps": s.total,
+              "steps_per_epoch": s.steps_per_epoch, "n_labelled": len(s.lab),
+              "n_unlabelled": len(s.unl) if s.unl else 0, "batch_size": s.bs_l, "unlabelled_batch_size": s.bs_u,
+              "device": s.device.type, "train": cfg.model_dump(mode="json")}
+    p = s.paths
+    with disk_full_is_error(out_dir, s.regime), atomic_dir(out_dir) as tmp:
         sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        ckpt_io.save_torch({"state_dict": sd, "model_config": mcfg, "method": method_name, "regime": regime},
-                           tmp / "model.pt")
+        ckpt_io.save_torch({"state_dict": sd, "model_config": cfg.model.model_dump(mode="json"),
+                            "method": s.method_name, "regime": s.regime}, tmp / "model.pt")
         write_json(tmp / "config.json", config)
-        # model_sha256: load_predictor checks it, so a modified/truncated model.pt is caught before use
+        # model_sha256: loading the model checks it, so a modified/truncated model.pt is caught before use
         write_json(tmp / "provenance.json", {"model_sha256": sha256_file(tmp / "model.pt"), **_provenance(
-                   params, regime, shards_dir, labels_file, split_file, step)})
-        _write_live(tmp / "live", history, config)
+                   params, s.regime, p["shards_dir"], p["labels_file"], p["split_file"], s.step)})
+        _write_live(tmp / "live", s.history, config)
     # Wall time is not part of any output (outputs must be byte-identical whichever engine or host ran
     # them); it goes to the run folder and the log.
-    write_json(run_dir / "timing.json", {"train_seconds": round(elapsed, 3), "steps": step})
-    print(f"[train] {regime}: {step} steps in {elapsed:.1f} s")
+    write_json(p["run_dir"] / "timing.json", {"train_seconds": round(s.elapsed, 3), "steps": s.step})
+    print(f"[train] {s.regime}: {s.step} steps in {s.elapsed:.1f} s")
     return out_dir
+
+
+@contextlib.contextmanager
+def disk_full_is_error(path: Path, regime: str):
+    """ENOSPC/EDQUOT while writing a checkpoint or the model folder -> one MedrefError naming the path and the disk
+    (the atomic writers have already removed their partial temp file or folder)."""
+    import errno
+    import shutil
+
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = Path(path).resolve().parent
+        free = shutil.disk_usage(where).free / 2**20 if where.exists() else float("nan")
+        raise MedrefError(f"{path}: disk full while writing it ({e.strerror}; {free:.0f} MiB free on the filesystem "
+                          f"of {where}); nothing partial was left at that path. Free space and re-run "
+                          f"`medref train {regime}` (it resumes from its last checkpoint)") from e
 
 
 def _provenance(params, regime, shards_dir, labels_file, split_file, steps: int) -> dict:

@@ -1,0 +1,138 @@
+"""Everything about a training run that can be checked before any work starts (or any SLURM job is submitted).
+
+    medref train qata_10pct          # launcher.launch() calls preflight() first, on the login node
+
+``preflight`` reads only params, the shards manifest and the split file (no images, no model), and returns the
+resolved :class:`Plan` that ``train.run`` then trains: the train config with the method's forced architecture and
+the class count of the shards filled in. Every check that can fail is here, so a bad config fails in a second on
+the caller's machine instead of minutes later inside a queued GPU job:
+
+- the regime's method is a registered training method;
+- the shards exist; a multi-class (volumes) dataset gets a supervised method and no horizontal flip;
+- the timm image encoder exists and has the stages ``out_indices`` names;
+- local weight files/folders named in params exist (nothing is downloaded);
+- the split file exists and was written for THIS regime's fraction, split seed and shards (a split file from
+  another fraction or from shards since rebuilt would silently train on the wrong labelled set);
+- the pseudo-label file exists;
+- the labelled set fills one batch, unless ``train.small_labelled: cap``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline_src.data.dataset import is_class_index, load_manifest
+from pipeline_src.errors import MedrefError
+
+
+@dataclass(frozen=True)
+class Plan:
+    regime: str
+    method: str
+    cfg: object  # TrainParams, resolved (method's arch, n_classes of the shards)
+    split: dict  # the split file's contents
+    n_classes: int
+
+
+def _key(regime: str, overrides: dict, dotted: str) -> str:
+    """The params key a user should edit: the regime override when it sets the key, else the train section."""
+    node = overrides
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return f"train.{dotted}"
+        node = node[part]
+    return f"regimes.{regime}.train.{dotted}"
+
+
+def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split_file: Path,
+              params_file: Path | str | None = None) -> Plan:
+    """Check the run and return what to train; raise one MedrefError naming the file or key otherwise."""
+    from pipeline_src.train.methods import METHODS
+
+    src = str(params_file or "params.yaml")
+    shards_dir, labels_file, split_file = Path(shards_dir), Path(labels_file), Path(split_file)
+    r = params.regime(regime)
+    cfg = params.train_for(regime)
+    if r.method not in METHODS:
+        raise MedrefError(f"{src}: regimes.{regime}.method: {r.method!r} has no training method")
+    Method = METHODS[r.method]
+    model = cfg.model
+    if Method.arch is not None and Method.arch != model.arch:
+        model = model.model_copy(update={"arch": Method.arch})
+
+    manifest = load_manifest(shards_dir)
+    n_classes = int(manifest["n_classes"]) if is_class_index(manifest) else 1
+    if n_classes > 1:
+        if Method.needs_unlabelled or Method.has_teacher:
+            raise MedrefError(f"{src}: regimes.{regime}.method: {r.method!r} is binary-only (sigmoid pseudo-labels); "
+                              f"a multi-class dataset ({n_classes} classes) needs a supervised method")
+        if cfg.augment.flip_p > 0:
+            raise MedrefError(f"{src}: {_key(regime, r.train, 'augment.flip_p')} must be 0 for a multi-class volumes "
+                              "dataset: a horizontal flip swaps left/right organs (kidneys, liver/spleen) but not "
+                              "their labels")
+    model = model.model_copy(update={"n_classes": n_classes})
+
+    _check_encoder(model)
+    for key in ("image_weights", "text_weights"):
+        value = getattr(model, key)
+        if not value:
+            continue
+        folder = value.startswith("local-dir:")
+        path = Path(value.removeprefix("local-dir:"))
+        if not (path.is_dir() if folder else path.is_file()):
+            raise MedrefError(f"{src}: {_key(regime, r.train, 'model.' + key)}: {'folder' if folder else 'file'} "
+                              f"{path} not found (local weights only; nothing is downloaded)")
+
+    # The labelled count first (a params problem), from the split file or, before it exists, by the split's rule.
+    if split_file.is_file():
+        split = _read_split(split_file, regime)
+        n = len(split["labelled"])
+    else:
+        from pipeline_src.data.splits import labelled_selection
+
+        split, n = None, len(labelled_selection(shards_dir, r.fraction, params.split.seed)["labelled"])
+    if n == 0:
+        raise MedrefError(f"{split_file}: no labelled images")
+    if cfg.small_labelled == "error" and n < cfg.batch_size:
+        raise MedrefError(
+            f"{src}: regimes.{regime}.fraction: {r.fraction} gives {n} labelled image(s), fewer than "
+            f"{_key(regime, r.train, 'batch_size')} = {cfg.batch_size}; lower the batch size, raise the fraction, "
+            "or set train.small_labelled: cap")
+    if split is None:
+        split = _read_split(split_file, regime)  # names the missing file
+    recorded = {"fraction": split.get("fraction"), "seed": split.get("seed"), "shards": split.get("shards_digest")}
+    wanted = {"fraction": r.fraction, "seed": params.split.seed, "shards": manifest.get("digest")}
+    for what, key in (("fraction", f"regimes.{regime}.fraction"), ("seed", "split.seed"),
+                      ("shards", str(shards_dir / "manifest.json"))):
+        if recorded[what] != wanted[what]:
+            raise MedrefError(
+                f"{split_file}: written for {what} {recorded[what]!r}, but {key} is {wanted[what]!r}: the split is "
+                f"stale; re-run `medref split {regime}` (or `dvc repro split@{regime}`)")
+    if not labels_file.is_file():
+        raise MedrefError(f"{labels_file}: pseudo-label file not found (run `medref pseudolabel {r.dataset}` first)")
+    return Plan(regime, r.method, cfg.model_copy(update={"model": model}), split, n_classes)
+
+
+def _check_encoder(model) -> None:
+    """Build the image encoder on torch's meta device (no memory, no weights, well under a second): an unknown timm
+    name or stage indices it does not have fail here, on the submitting host, not inside the job."""
+    import torch
+
+    from pipeline_src.models.encoders import ImageEncoder
+
+    with torch.device("meta"):
+        ImageEncoder(model.image_encoder, None, tuple(model.out_indices))
+
+
+def _read_split(split_file: Path, regime: str) -> dict:
+    if not split_file.is_file():
+        raise MedrefError(f"{split_file}: split file not found (run `medref split {regime}` first)")
+    try:
+        split = json.loads(split_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MedrefError(f"{split_file}: not a valid split file ({e}); re-run `medref split {regime}`") from e
+    if not isinstance(split, dict) or not isinstance(split.get("labelled"), list):
+        raise MedrefError(f"{split_file}: not a split file (no 'labelled' list); re-run `medref split {regime}`")
+    return split
