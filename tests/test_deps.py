@@ -138,9 +138,8 @@ def parse(rel: str, root: Path = REPO) -> ast.Module:
 
 def import_graph(root: Path = REPO) -> dict[str, list[Edge]]:
     return {
-        p.relative_to(root).as_posix(): imports_in([parse(p.relative_to(root).as_posix(), root)],
-                                                    p.relative_to(root).as_posix(), root)
-        for p in sorted((root / PKG).rglob("*.py"))
+        rel: imports_in([parse(rel, root)], rel, root)
+        for rel in sorted(p.relative_to(root).as_posix() for p in (root / PKG).rglob("*.py"))
     }
 
 
@@ -273,7 +272,9 @@ def edge_violation(e: Edge) -> str | None:
     if src == "base":
         return "the base (errors, paths, provenance, utils) imports nothing above it"
     if src == "composer":
-        return None if is_phase_params(e.dst) else "params.py composes the phases' params.py models and imports nothing else of them"
+        if is_phase_params(e.dst):
+            return None
+        return "params.py composes the phases' params.py models and imports nothing else of them"
     if dst == "top":
         return "cli.py and verify.py sit on top: nothing imports them"
     if is_phase_params(e.src) and dst == "composer":
