@@ -88,7 +88,7 @@ def main(
         inputs += _read_texts(texts_file)
     for t in inputs:
         r = parse(t).regions
-        out.write(json.dumps({"input": t, "regions": None if r is None else list(r)}) + "\n")
+        out.write(json.dumps({"input": t, "regions": None if r is None else list(r)}, allow_nan=False) + "\n")
     if masks:
         from pipeline_src.labels.mask_regions import mask_to_regions
 
@@ -103,5 +103,5 @@ def main(
             if image is not None and image.shape != mask.shape:
                 image = None  # a differently sized X-ray cannot be aligned: fall back to image-height bands
             r = mask_to_regions(mask, image, **params)
-            out.write(json.dumps({"input": m, "regions": None if r is None else list(r)}) + "\n")
+            out.write(json.dumps({"input": m, "regions": None if r is None else list(r)}, allow_nan=False) + "\n")
     out.flush()

@@ -209,8 +209,11 @@ def scratch_beside(path: str | Path) -> Iterator[Path]:
     """A temporary working directory beside ``path`` (same filesystem, so renames are cheap),
     removed on exit; one left by a killed process is swept like any other temp sibling."""
     path = Path(path)
-    tmp = _mkdtemp(path, ".tmp")
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    prefix = _begin(path)
+    try:  # TemporaryDirectory also removes read-only members an extracted archive may hold
+        scratch = tempfile.TemporaryDirectory(prefix=prefix, suffix=".tmp", dir=path.parent)
+    except PermissionError as e:
+        raise _unwritable(path.parent, e) from e
+    with scratch as tmp:
+        Path(tmp).chmod(0o777 & ~umask())
+        yield Path(tmp)
