@@ -267,3 +267,9 @@ def test_regions_honours_params(tmp_path, capsys):
     assert rc == 2 and out == "" and f"{f}: pseudolabel.no_such_constant" in one_error_line(err, "regions")
     rc, _, err = run_cli(capsys, "--params", str(tmp_path / "missing.yaml"), "regions", "--masks", str(m))
     assert rc == 2 and "missing.yaml: params file not found" in one_error_line(err, "regions")
+
+
+def test_verify_outside_a_repository_says_where_to_run_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_cli(capsys, "verify", "qata_10pct")
+    assert rc == 2 and "run `medref verify` inside the repository" in one_error_line(err, "verify")
