@@ -11,21 +11,51 @@ nothing else. Heavy modules (torch, pyarrow) are imported inside the handlers so
     medref train qata_10pct       # models/qata_10pct/
     medref eval qata_10pct        # metrics/qata_10pct.json + eval/qata_10pct/
     medref report                 # reports/
+
+Paths are relative to the repository root (the folder with dvc.yaml and params.yaml). Started
+in a sub-folder of it, ``medref`` turns the paths given on its command line into absolute ones
+and runs from the root, so default outputs, dataset sources and ``verify`` mean the same
+wherever it is started. Outside any repository the current folder is the root.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from pipeline_src import paths
 
+DEFAULT_PARAMS = "params.yaml"
+# Arguments that name files or folders: made absolute before medref moves to the repository root.
+PATH_ARGS = ("params", "out", "raw", "shards", "labels", "split", "run_dir", "model", "eval_dir", "metrics",
+             "eval_root", "texts_file")
+
+
+def _params_file(args: argparse.Namespace) -> Path:
+    return Path(args.params or DEFAULT_PARAMS)
+
 
 def _params(args: argparse.Namespace):
     from pipeline_src import params
 
-    return params.load(args.params)
+    return params.load(_params_file(args))
+
+
+def _move_to_repo_root(args: argparse.Namespace) -> None:
+    here = Path.cwd()
+    root = paths.repo_root(here)
+    if root is None or root == here:
+        return
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if value and value != "-":
+            setattr(args, name, str(here / value))
+    if getattr(args, "masks", None):
+        args.masks = [str(here / m) for m in args.masks]
+    print(f"[medref] running from the repository root {root}", file=sys.stderr)
+    os.chdir(root)
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -91,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         run_dir=Path(args.run_dir or paths.run_dir(args.regime)),
         launcher=args.launcher,
         resume=not args.no_resume,
-        params_file=Path(args.params),
+        params_file=_params_file(args),
     )
 
 
@@ -126,7 +156,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_regions(args: argparse.Namespace) -> None:
     from pipeline_src.labels import regions_cli
 
-    regions_cli.main(texts=args.texts, texts_file=args.texts_file, masks=args.masks)
+    regions_cli.main(texts=args.texts, texts_file=args.texts_file, masks=args.masks, params_file=args.params)
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -146,7 +176,7 @@ def cmd_provenance(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medref", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    ap.add_argument("--params", default=None, help=f"params file (default: {DEFAULT_PARAMS})")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:
@@ -205,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("regions", cmd_regions, "Print the 6-region vector of texts and/or mask PNGs, one JSON line each.")
     sp.add_argument("texts", nargs="*", help="report sentences")
-    sp.add_argument("--texts-file", help="file with one text per line")
+    sp.add_argument("--texts-file", help="UTF-8 file with one text per line; - reads standard input")
     sp.add_argument("--masks", nargs="*", default=[], help="mask PNG paths")
     sp = add("verify", cmd_verify, "Re-run a regime's chain from scratch and check every hash against dvc.lock.")
     sp.add_argument("regime")
@@ -220,11 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline_src.errors import MedrefError
 
     args = build_parser().parse_args(argv)
+    here = os.getcwd()
     try:
+        _move_to_repo_root(args)
         args.fn(args)
     except MedrefError as e:
         print(f"medref {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        os.chdir(here)  # main() is also called in-process (tests, the ablation runner)
     return 0
 
 

@@ -88,7 +88,7 @@ class Params(BaseModel):
         try:
             return TrainParams.model_validate(merged)
         except ValidationError as e:
-            raise ParamsError(f"params.yaml: regimes.{regime}.train: {_fmt(e)}") from e
+            raise ParamsError(f"regimes.{regime}.train: {_fmt(e)}") from e  # load() names the file
 
 
 def deep_merge(a: dict, b: dict) -> dict:
@@ -106,12 +106,41 @@ def _fmt(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice: PyYAML keeps the last value,
+    while DVC rejects the file, so the two would read different params from it."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {line} (first on line {seen[key]})", key_node.start_mark
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_raw(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: params file not found (run from the repository root or pass --params)")
+    if not path.is_file():
+        raise ParamsError(f"{path}: not a file; --params names a params YAML file such as params.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {e.start}); save the params file as UTF-8") from e
+    except OSError as e:
+        raise ParamsError(f"{path}: cannot read the params file ({e.strerror})") from e
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:  # one line: where, and what
+        where = f" line {e.problem_mark.line + 1}" if e.problem_mark else ""
+        what = " ".join(x for x in (e.context, e.problem) if x)
+        raise ParamsError(f"{path}:{where}: not valid YAML: {what}") from e
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -128,5 +157,8 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Params:
     for name, r in params.regimes.items():
         if r.dataset not in params.datasets:
             raise ParamsError(f"{path}: regimes.{name}.dataset: unknown dataset {r.dataset!r}")
-        params.train_for(name)  # validates overrides early
+        try:
+            params.train_for(name)  # validates overrides early
+        except ParamsError as e:
+            raise ParamsError(f"{path}: {e}") from e
     return params

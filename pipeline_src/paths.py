@@ -1,7 +1,11 @@
 """Where every stage reads and writes, relative to the repository root.
 
 dvc.yaml, the Snakemake rules and the CLI defaults all use these same paths; a test
-checks that the two engines agree.
+checks that the two engines agree. The repository root is the folder holding dvc.yaml:
+``medref`` started in a sub-folder of it runs from there (``repo_root``), so a default output
+never lands in a second ``data/`` tree beside the caller.
+
+    python -m pytest tests/test_bad_input_cli.py
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ REPORTS = Path("reports")
 # Checkpoints and submitit folders live outside DVC outputs: DVC deletes a stage's outs
 # before it runs, and a resumable run must find its last checkpoint again.
 RUNS = Path("runs")
+PIPELINE_FILE = "dvc.yaml"
+
+
+def repo_root(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` that holds dvc.yaml, or None."""
+    start = start.absolute()
+    return next((d for d in (start, *start.parents) if (d / PIPELINE_FILE).is_file()), None)
 
 
 def raw_dir(dataset: str) -> Path:

@@ -117,6 +117,8 @@ def _numbers_close(a: Any, b: Any, tol: float, skip: tuple[str, ...] = ("provena
 
 def verify(regime: str, repo: Path = Path("."), keep: bool = False, log=print) -> bool:
     repo = repo.resolve()
+    if not (repo / paths.PIPELINE_FILE).is_file():
+        raise MedrefError(f"{repo}: no {paths.PIPELINE_FILE} here or above; run `medref verify` inside the repository")
     params_raw = yaml.safe_load((repo / "params.yaml").read_text())
     stages = chain(params_raw, regime)
     lock = _load_lock(repo / "dvc.lock")

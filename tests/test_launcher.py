@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,7 +93,12 @@ def test_executor_parameters_mapping():
     assert "slurm_account" not in cpu and "slurm_partition" not in cpu
 
 
+@pytest.mark.slurm
 def test_executor_parameters_accepted_by_submitit(tmp_path):
+    # submitit's SLURM executor looks for srun when it is created. Without the SLURM client this
+    # skips like the other SLURM tests; under CI=true (.ci/run installs SLURM) it must run.
+    if shutil.which("srun") is None and os.environ.get("CI") != "true":
+        pytest.skip("no SLURM client (srun not on PATH); install it or run tests/slurm/up.sh (INSTALL=1)")
     import submitit
 
     ex = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")

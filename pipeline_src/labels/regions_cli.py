@@ -2,13 +2,14 @@
 
     medref regions "Unilateral pulmonary infection, one infected area, lower left lung."
     medref regions --texts-file reports.txt --masks data/raw/qata/train/masks/mask_covid_1.png
+    cut -f2 reports.tsv | medref regions --texts-file -
 
 Output: ``{"input": <text or path>, "regions": [6 ints of 0/1] | null}`` in the order of ``REGIONS``
 (left = image-left); null means the text names no position, or the mask is empty.
 
 A mask whose X-ray sits beside it in the usual layout (``.../masks/mask_X.png`` -> ``.../images/X.png``) is
 located by the lung-field rule; otherwise by fractions of the image height. The region constants come from
-params.yaml when it is present (else the fitted defaults). This module never imports torch: it is a
+the ``pseudolabel`` section of ``--params`` (default params.yaml; without that file, the fitted defaults). This module never imports torch: it is a
 debugging tool that must start instantly and handle thousands of inputs per call.
 """
 
@@ -22,17 +23,34 @@ from pipeline_src.errors import MedrefError
 from pipeline_src.labels.text_parser import parse
 
 
-def _mask_params() -> dict:
-    """The ``pseudolabel`` section of ./params.yaml if readable, else {} (the fitted defaults)."""
-    f = Path("params.yaml")
-    if not f.is_file():
+def _mask_params(params_file: str | None) -> dict:
+    """The validated ``pseudolabel`` section of the params file: the one given, else ./params.yaml if
+    there is one, else {} (the fitted defaults)."""
+    from pipeline_src import params
+
+    f = Path(params_file or params.DEFAULT_PARAMS)
+    if params_file is None and not f.is_file():
         return {}
-    import yaml
+    return params.load(f).pseudolabel.model_dump()
 
-    from pipeline_src.labels.params import PseudolabelParams
 
-    section = (yaml.safe_load(f.read_text()) or {}).get("pseudolabel") or {}
-    return PseudolabelParams.model_validate(section).model_dump()
+def _read_texts(texts_file: str) -> list[str]:
+    """Non-blank lines of a UTF-8 text file, or of standard input for ``-``."""
+    name = "<standard input>" if texts_file == "-" else texts_file
+    if texts_file == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        f = Path(texts_file)
+        if not f.is_file():
+            raise MedrefError(f"{f}: --texts-file not found")
+        data = f.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MedrefError(f"{name}: --texts-file is not UTF-8 text (byte {e.start}); give one report per line") from e
+    if "\0" in text:
+        raise MedrefError(f"{name}: --texts-file holds NUL bytes (a binary file?); give one report per line")
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def _image_for(mask_path: Path) -> Path | None:
@@ -55,21 +73,26 @@ def _load_grey(path: Path):
         raise MedrefError(f"{path}: cannot read as an image ({e})") from e
 
 
-def main(texts: list[str] | None = None, texts_file: str | None = None, masks: list[str] | None = None) -> None:
+def main(
+    texts: list[str] | None = None,
+    texts_file: str | None = None,
+    masks: list[str] | None = None,
+    params_file: str | None = None,
+) -> None:
+    if not texts and not texts_file and not masks:
+        raise MedrefError("nothing to label: give report texts, --texts-file FILE (- for standard input) "
+                          "or --masks PNG ...")
     out = sys.stdout
     inputs = list(texts or [])
     if texts_file:
-        f = Path(texts_file)
-        if not f.is_file():
-            raise MedrefError(f"{f}: --texts-file not found")
-        inputs += [line for line in f.read_text().splitlines() if line.strip()]
+        inputs += _read_texts(texts_file)
     for t in inputs:
         r = parse(t).regions
-        out.write(json.dumps({"input": t, "regions": None if r is None else list(r)}) + "\n")
+        out.write(json.dumps({"input": t, "regions": None if r is None else list(r)}, allow_nan=False) + "\n")
     if masks:
         from pipeline_src.labels.mask_regions import mask_to_regions
 
-        params = _mask_params()
+        params = _mask_params(params_file)
         for m in masks:
             path = Path(m)
             if not path.is_file():
@@ -80,5 +103,5 @@ def main(texts: list[str] | None = None, texts_file: str | None = None, masks: l
             if image is not None and image.shape != mask.shape:
                 image = None  # a differently sized X-ray cannot be aligned: fall back to image-height bands
             r = mask_to_regions(mask, image, **params)
-            out.write(json.dumps({"input": m, "regions": None if r is None else list(r)}) + "\n")
+            out.write(json.dumps({"input": m, "regions": None if r is None else list(r)}, allow_nan=False) + "\n")
     out.flush()

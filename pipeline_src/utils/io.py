@@ -5,6 +5,14 @@ process never leaves a half-written file or directory at a final path. A temp si
 name carries the writer's host and pid (``.<name>.<host>-<pid>.<random>.tmp``); the next
 writer of the same path removes the siblings whose process on this host is gone, so a
 ``kill -9`` leaves no litter behind a re-run.
+
+mkstemp/mkdtemp create their temps 0600/0700 and a rename keeps the mode, so every writer here
+sets the mode an ordinary ``open``/``mkdir`` would give (0666/0777 less the umask): outputs on a
+shared filesystem stay readable by the group and others under the usual umask 022. A folder the
+user cannot write to is one ``MedrefError`` naming it. JSON is strict: a NaN or infinity is
+refused (it is not JSON, and strict parsers reject the file); write ``null`` for a missing value.
+
+    python -m pytest tests/test_io.py tests/test_bad_input_cli.py
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pipeline_src.errors import MedrefError
 
 CHUNK = 1 << 20
 
@@ -43,7 +53,7 @@ def sha256_json(obj: Any) -> str:
 
 
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def sha256_tree(root: str | Path) -> str:
@@ -59,11 +69,50 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
 
 
+def umask() -> int:
+    """The process umask. Read from /proc where it exists: setting and restoring it with os.umask
+    would change it for a moment under threads that create files at the same time."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _unwritable(folder: Path, e: OSError) -> MedrefError:
+    return MedrefError(f"{folder}: cannot write an output here ({e.strerror}); make the folder writable "
+                       "or choose another output path")
+
+
 def _begin(path: Path) -> str:
     """Make ``path``'s folder, sweep its dead temp siblings, and return this writer's temp prefix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(path)
+    except PermissionError as e:
+        raise _unwritable(Path(e.filename or path.parent), e) from e
     return _temp_prefix(path)
+
+
+def _mkstemp(path: Path, suffix: str) -> tuple[int, str]:
+    prefix = _begin(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    except PermissionError as e:
+        raise _unwritable(path.parent, e) from e
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
+
+
+def _mkdtemp(path: Path, suffix: str, prefix: str | None = None) -> Path:
+    prefix = prefix or _begin(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
+    except PermissionError as e:
+        raise _unwritable(path.parent, e) from e
+    tmp.chmod(0o777 & ~umask())
+    return tmp
 
 
 def _pid_alive(pid: int) -> bool:
@@ -105,7 +154,7 @@ def sweep_stale_temps(path: str | Path) -> list[Path]:
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success fsync and rename it to ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=_begin(path), suffix=".tmp", dir=path.parent)
+    fd, tmp = _mkstemp(path, ".tmp")
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -119,9 +168,12 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    with atomic_file(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError as e:  # json's "Out of range float values are not JSON compliant"
+        raise MedrefError(f"{path}: refusing to write a NaN or infinite number ({e}); "
+                          "a missing value must be written as null") from e
+    write_text(path, text + "\n")
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -137,11 +189,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     previous ``path``, if any, is left untouched.
     """
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_begin(path), suffix=".tmp", dir=path.parent))
+    tmp = _mkdtemp(path, ".tmp")
     try:
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
+            old = _mkdtemp(path, ".old", prefix=_temp_prefix(path))
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old)
@@ -157,5 +209,11 @@ def scratch_beside(path: str | Path) -> Iterator[Path]:
     """A temporary working directory beside ``path`` (same filesystem, so renames are cheap),
     removed on exit; one left by a killed process is swept like any other temp sibling."""
     path = Path(path)
-    with tempfile.TemporaryDirectory(prefix=_begin(path), suffix=".tmp", dir=path.parent) as tmp:
+    prefix = _begin(path)
+    try:  # TemporaryDirectory also removes read-only members an extracted archive may hold
+        scratch = tempfile.TemporaryDirectory(prefix=prefix, suffix=".tmp", dir=path.parent)
+    except PermissionError as e:
+        raise _unwritable(path.parent, e) from e
+    with scratch as tmp:
+        Path(tmp).chmod(0o777 & ~umask())
         yield Path(tmp)

@@ -12,6 +12,32 @@ wildcard_constraints:
     regime="|".join(re.escape(r) for r in REGIMES),
 
 
+# Code deps shared by several rules (the same files as in dvc.yaml; tests/test_deps.py checks both
+# against each stage's imports). Every stage imports the params models that params.py composes,
+# the error type, the default paths and the atomic writers.
+SHARED_CODE = [
+    "pipeline_src/params.py",
+    "pipeline_src/data/params.py",
+    "pipeline_src/labels/params.py",
+    "pipeline_src/train/params.py",
+    "pipeline_src/evaluate/params.py",
+    "pipeline_src/errors.py",
+    "pipeline_src/paths.py",
+    "pipeline_src/utils",
+]
+# A stage that reads shards: dataset.py takes the shard schema from preprocess.py and volumes.py,
+# which import the rest.
+SHARD_READER_CODE = [
+    "pipeline_src/data/dataset.py",
+    "pipeline_src/data/preprocess.py",
+    "pipeline_src/data/volumes.py",
+    "pipeline_src/data/download.py",
+    "pipeline_src/data/layouts.py",
+    "pipeline_src/data/synthetic.py",
+    "pipeline_src/data/synthetic_volumes.py",
+]
+
+
 def regime_dataset(wildcards):
     return config["regimes"][wildcards.regime]["dataset"]
 

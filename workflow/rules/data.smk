@@ -3,7 +3,9 @@
 
 rule download:
     input:
+        SHARED_CODE,
         "pipeline_src/data/download.py",
+        "pipeline_src/data/layouts.py",
         "pipeline_src/data/synthetic.py",
         "pipeline_src/data/synthetic_volumes.py",
     output:
@@ -21,6 +23,11 @@ rule download:
 rule preprocess:
     input:
         "data/raw/{dataset}",
+        SHARED_CODE,
+        "pipeline_src/data/download.py",
+        "pipeline_src/data/layouts.py",
+        "pipeline_src/data/synthetic.py",
+        "pipeline_src/data/synthetic_volumes.py",
         "pipeline_src/data/preprocess.py",
         "pipeline_src/data/volumes.py",
     output:
@@ -39,6 +46,8 @@ rule preprocess:
 rule split:
     input:
         shards_of,
+        SHARED_CODE,
+        SHARD_READER_CODE,
         "pipeline_src/data/splits.py",
     output:
         "data/splits/{regime}.json",

@@ -4,6 +4,9 @@
 rule pseudolabel:
     input:
         "data/shards/{dataset}",
+        SHARED_CODE,
+        "pipeline_src/provenance.py",
+        SHARD_READER_CODE,
         "pipeline_src/labels",
     output:
         "data/labels/{dataset}.parquet",

@@ -12,9 +12,16 @@ rule train:
         shards_of,
         labels_of,
         "data/splits/{regime}.json",
+        SHARED_CODE,
+        "pipeline_src/provenance.py",
+        SHARD_READER_CODE,
+        "pipeline_src/labels/text_parser.py",
         "pipeline_src/models",
+        "pipeline_src/train/launcher.py",
         "pipeline_src/train/train.py",
         "pipeline_src/train/methods.py",
+        "pipeline_src/train/augment.py",
+        "pipeline_src/train/checkpoint.py",
     output:
         directory("models/{regime}"),
     log:
