@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from pipeline_src.data.params import DatasetParams, PreprocessParams, SplitParams
 from pipeline_src.errors import MedrefError
@@ -70,15 +70,17 @@ class Params(BaseModel):
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
     report: ReportParams = ReportParams()
+    # the file these params were read from, for error messages (set by load(); not a param)
+    _source: str = PrivateAttr(default=str(DEFAULT_PARAMS))
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:
-            raise ParamsError(f"unknown dataset {name!r}; params.yaml datasets: {', '.join(self.datasets)}")
+            raise ParamsError(f"unknown dataset {name!r}; {self._source} datasets: {', '.join(self.datasets)}")
         return self.datasets[name]
 
     def regime(self, name: str) -> RegimeParams:
         if name not in self.regimes:
-            raise ParamsError(f"unknown regime {name!r}; params.yaml regimes: {', '.join(self.regimes)}")
+            raise ParamsError(f"unknown regime {name!r}; {self._source} regimes: {', '.join(self.regimes)}")
         return self.regimes[name]
 
     def train_for(self, regime: str) -> TrainParams:
@@ -154,6 +156,7 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Params:
         params = Params.model_validate(raw)
     except ValidationError as e:
         raise ParamsError(f"{path}: {_fmt(e)}") from e
+    params._source = str(path)
     for name, r in params.regimes.items():
         if r.dataset not in params.datasets:
             raise ParamsError(f"{path}: regimes.{name}.dataset: unknown dataset {r.dataset!r}")

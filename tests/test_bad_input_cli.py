@@ -273,3 +273,15 @@ def test_verify_outside_a_repository_says_where_to_run_it(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     rc, _, err = run_cli(capsys, "verify", "qata_10pct")
     assert rc == 2 and "run `medref verify` inside the repository" in one_error_line(err, "verify")
+
+
+def test_unknown_regime_names_the_params_file_in_use(repo_root, tmp_path, capsys):
+    import shutil
+
+    from pipeline_src import cli
+
+    other = tmp_path / "other-params.yaml"
+    shutil.copy(repo_root / "params.yaml", other)
+    assert cli.main(["--params", str(other), "split", "nope", "--out", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"; {other} regimes:" in err, err
