@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline_src.data import dataset  # noqa: E402
+from pipeline_src.data import shards as shardio  # noqa: E402
 from pipeline_src.params import Params  # noqa: E402
 
 
@@ -121,9 +122,9 @@ def main() -> None:
     res["split_rows"] = m
 
     def bulk() -> None:
-        t = dataset.read_table(shards, split, ["image", "mask", "height", "width"])
-        dataset.decode_images(t)
-        dataset.decode_masks(t)
+        t = shardio.read_table(shards, split, ["image", "mask", "height", "width"])
+        shardio.decode_images(t)
+        shardio.decode_masks(t)
 
     def png_bulk() -> None:
         for r in png.rows:

@@ -22,7 +22,8 @@ import yaml
 from PIL import Image
 
 from pipeline_src import cli
-from pipeline_src.data import dataset, download, imageio, layouts, preprocess
+from pipeline_src.data import download, imageio, layouts, preprocess
+from pipeline_src.data import shards as shardio
 from pipeline_src.errors import MedrefError
 from pipeline_src.params import Params
 
@@ -66,7 +67,7 @@ def _ingest(tmp_path: Path, src: Path, tag: str, **kw) -> tuple[Path, dict]:
     raw, shards = tmp_path / f"raw-{tag}", tmp_path / f"shards-{tag}"
     download.run(p, "d", raw)
     preprocess.run(p, "d", raw, shards)
-    return shards, dataset.load_manifest(shards)
+    return shards, shardio.load_manifest(shards)
 
 
 def _rows(shards: Path, split: str = "train") -> dict[str, tuple[bytes, bytes]]:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_src.data import dataset, download, preprocess, synthetic
+from pipeline_src.data import download, preprocess, synthetic
+from pipeline_src.data import shards as shardio
 from pipeline_src.errors import MedrefError
 from pipeline_src.params import Params
 
@@ -116,7 +117,7 @@ def test_drop_records_reason_in_manifest(tmp_path: Path, src: Path) -> None:
     raw, shards = tmp_path / "raw", tmp_path / "shards"
     download.run(p, "d", raw)
     preprocess.run(p, "d", raw, shards)
-    m = dataset.load_manifest(shards)
+    m = shardio.load_manifest(shards)
     assert [d["file"] for d in m["dropped"]] == [bad] and "not binary" in m["dropped"][0]["reason"]
     assert m["splits"]["train"]["rows"] == 5
 

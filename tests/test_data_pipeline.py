@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from pipeline_src.data import dataset, download, preprocess, splits, synthetic
+from pipeline_src.data import shards as shardio
 from pipeline_src.params import Params
 
 SMALL = {"n_train": 24, "n_val": 6, "n_test": 8, "image_size": 64}
@@ -42,13 +43,13 @@ def stages(p: Params, ds: str, root: Path) -> tuple[Path, Path]:
 def test_synthetic_end_to_end(tmp_path: Path, kind: str) -> None:
     p = make_params({"d": {"kind": kind, "source": "synthetic", "synthetic": SMALL}})
     raw, shards = stages(p, "d", tmp_path)
-    m = dataset.load_manifest(shards)
+    m = shardio.load_manifest(shards)
     total = sum(s["rows"] for s in m["splits"].values())
     assert total == sum(SMALL[k] for k in ("n_train", "n_val", "n_test"))
     if kind != "folder":  # folder splits are by name hash; qata/mosmed keep the release's splits
         assert {s: v["rows"] for s, v in m["splits"].items()} == {"train": 24, "val": 6, "test": 8}
-    t = dataset.read_table(shards, "train")
-    imgs, masks = dataset.decode_images(t), dataset.decode_masks(t)
+    t = shardio.read_table(shards, "train")
+    imgs, masks = shardio.decode_images(t), shardio.decode_masks(t)
     assert imgs.shape == masks.shape == (t.num_rows, 64, 64)
     assert set(np.unique(masks)) <= {0, 1} and masks.any()
     assert t["id"].to_pylist() == sorted(t["id"].to_pylist())
@@ -76,7 +77,7 @@ def test_dataloader_two_workers(tmp_path: Path) -> None:
     seen = []
     for b in torch.utils.data.DataLoader(ds, batch_size=5, num_workers=2):
         seen += b["id"]
-    assert seen == dataset.read_table(shards, "train", ["id"])["id"].to_pylist()
+    assert seen == shardio.read_table(shards, "train", ["id"])["id"].to_pylist()
 
 
 def test_synthetic_text_names_mask_regions_and_distractors_exist() -> None:
@@ -123,9 +124,9 @@ def test_preprocess_is_deterministic_and_download_is_noop(tmp_path: Path) -> Non
 def test_resize_policy(tmp_path: Path) -> None:
     p = make_params({"d": {"source": "synthetic", "synthetic": SMALL}}, {"image_size": 32})
     _, shards = stages(p, "d", tmp_path)
-    t = dataset.read_table(shards, "val")
-    assert dataset.decode_images(t).shape[1:] == (32, 32)
-    assert set(np.unique(dataset.decode_masks(t))) == {0, 1}
+    t = shardio.read_table(shards, "val")
+    assert shardio.decode_images(t).shape[1:] == (32, 32)
+    assert set(np.unique(shardio.decode_masks(t))) == {0, 1}
 
 
 def test_nested_splits_and_semi_medref_counts() -> None:
@@ -159,12 +160,12 @@ def test_real_sample_subset(tmp_path: Path, shared_data: Path) -> None:
     _copy_subset(shared_data / "qata_sample", src, 30, 10)
     p = make_params({"qata": {"kind": "qata", "source": str(src)}}, {"image_size": 224, "row_group_size": 16})
     raw, shards = stages(p, "qata", tmp_path)
-    m = dataset.load_manifest(shards)
+    m = shardio.load_manifest(shards)
     assert {s: v["rows"] for s, v in m["splits"].items()} == {"train": 30, "val": 10, "test": 0}
-    assert dataset.eval_split(shards) == "val"
+    assert shardio.eval_split(shards) == "val"
     with open(src / "text" / "train.csv", newline="") as f:
         csv_text = {r["Image"].lower(): r["Description"] for r in csv.DictReader(f)}
-    t = dataset.read_table(shards, "val", ["id", "text", "source_mask"])
+    t = shardio.read_table(shards, "val", ["id", "text", "source_mask"])
     for i, text, smask in zip(*(t[c].to_pylist() for c in ("id", "text", "source_mask")), strict=True):
         assert text == csv_text[f"mask_{i}.png".lower()] and smask.endswith(f"mask_{i}.png")
     assert any(i.startswith("sub-s") for i in t["id"].to_pylist())  # the case-insensitive key path was used
@@ -184,7 +185,7 @@ def test_real_sample_selected_by_params_alone(tmp_path: Path, shared_data: Path,
     raw, shards = stages(p, "qata", tmp_path)
     ck = json.loads((raw / "checksums.json").read_text())
     assert ck["n_pairs"] == 1200
-    m = dataset.load_manifest(shards)
+    m = shardio.load_manifest(shards)
     assert {s: v["rows"] for s, v in m["splits"].items()} == {"train": 1000, "val": 200, "test": 0}
-    masks = dataset.decode_masks(dataset.read_table(shards, "val", ["mask", "height", "width"]))
+    masks = shardio.decode_masks(shardio.read_table(shards, "val", ["mask", "height", "width"]))
     assert masks.shape == (200, 224, 224) and masks.reshape(200, -1).any(axis=1).all()

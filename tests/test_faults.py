@@ -306,7 +306,8 @@ def test_bad_params_fail_before_any_work(ws, shards, tmp_path, capsys, overrides
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_corrupted_shard_is_named_with_recovery(labelled, tmp_path, damage):
-    from pipeline_src.data.dataset import ShardDataset, read_table
+    from pipeline_src.data.dataset import ShardDataset
+    from pipeline_src.data.shards import read_table
 
     copy = tmp_path / "shards"
     shutil.copytree(labelled["shards"], copy)
@@ -326,7 +327,7 @@ def test_corrupted_shard_is_named_with_recovery(labelled, tmp_path, damage):
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_modified_model_file_is_named_with_recovery(reference_model, tmp_path, damage):
-    from pipeline_src.train.checkpoint import load_predictor
+    from pipeline_src.inference.predictor import load_predictor
 
     model = tmp_path / "ft"
     shutil.copytree(reference_model, model)

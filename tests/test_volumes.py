@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline_src.data.shards import decode_class_masks
 from pipeline_src.data.splits import n_labelled, select, select_cases
 from pipeline_src.data.synthetic_volumes import LABELS, generate_volumes
 from pipeline_src.data.volumes import (
-    decode_class_masks,
     iter_volume_slices,
     load_case,
     restack,

@@ -51,7 +51,7 @@ def dvc_repo(tmp_path_factory) -> Path:
 def test_dvc_chain_case_level_and_per_class_metrics(dvc_repo):
     import pyarrow.parquet as pq
 
-    from pipeline_src.data.dataset import read_table
+    from pipeline_src.data.shards import read_table
 
     shards = dvc_repo / "data/shards/synapse"
     manifest = json.loads((shards / "manifest.json").read_text())

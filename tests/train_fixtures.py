@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline_src.data import preprocess
+from pipeline_src.data import shards as shardio
 from pipeline_src.labels.text_parser import REGIONS, parse
 from pipeline_src.utils.io import sha256_file
 
@@ -49,7 +49,7 @@ def _sample(rng: np.random.Generator, size: int):
 
 def write_split_shard(shards: Path, split: str, samples: list[tuple[str, np.ndarray, np.ndarray, str]]) -> dict:
     """Write ``(id, image, mask, text)`` samples as ``shards/<split>/part-00000.parquet`` in the real shard schema
-    (``preprocess.schema``: masks bit-packed, source/sha columns filled with the id); return the split's manifest
+    (``shardio.schema``: masks bit-packed, source/sha columns filled with the id); return the split's manifest
     entry. No samples: no file, an empty entry."""
     if not samples:
         return {"rows": 0, "shards": []}
@@ -67,7 +67,7 @@ def write_split_shard(shards: Path, split: str, samples: list[tuple[str, np.ndar
     }
     path = shards / split / "part-00000.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(cols, schema=preprocess.schema(size)), path)
+    pq.write_table(pa.table(cols, schema=shardio.schema(size)), path)
     return {"rows": len(samples),
             "shards": [{"path": f"{split}/part-00000.parquet", "rows": len(samples), "sha256": sha256_file(path)}]}
 

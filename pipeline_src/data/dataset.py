@@ -10,139 +10,12 @@ file opens, no PNG decoding).
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline_src.data.shards import image_hw, is_class_index, load_manifest, read_table, row_views
 from pipeline_src.errors import MedrefError
-
-
-def load_manifest(shards_dir: str | Path) -> dict:
-    f = Path(shards_dir) / "manifest.json"
-    if not f.is_file():
-        raise MedrefError(f"{f}: not found; run `medref preprocess <dataset>` first")
-    return json.loads(f.read_text())
-
-
-def shard_files(shards_dir: str | Path, split: str) -> list[Path]:
-    m = load_manifest(shards_dir)
-    if split not in m["splits"]:
-        raise MedrefError(f"{shards_dir}: unknown split {split!r}; manifest has {', '.join(m['splits'])}")
-    return [Path(shards_dir) / s["path"] for s in m["splits"][split]["shards"]]
-
-
-def eval_split(shards_dir: str | Path) -> str:
-    """"test" when it has rows, else "val" (the real QaTa sample has no test images)."""
-    m = load_manifest(shards_dir)
-    return "test" if m["splits"].get("test", {}).get("rows", 0) > 0 else "val"
-
-
-def is_class_index(manifest: dict) -> bool:
-    """True for multi-class shards (kind volumes): ``mask`` holds uint8 class indices, not packed bits."""
-    return manifest.get("mask_encoding") == "class_index"
-
-
-def read_table(shards_dir: str | Path, split: str, columns: list[str] | None = None) -> pa.Table:
-    """All rows of ``split`` (sorted by id, as written); an empty split gives an empty table with the schema."""
-    files = shard_files(shards_dir, split)
-    if not files:
-        m = load_manifest(shards_dir)
-        if is_class_index(m):
-            from pipeline_src.data.volumes import shard_schema
-
-            t = shard_schema(m["image_size"], m["n_classes"], m.get("labels")).empty_table()
-        else:
-            from pipeline_src.data.preprocess import schema
-
-            t = schema(m["image_size"]).empty_table()
-        return t.select(columns) if columns else t
-    verify_shards(shards_dir, split)
-    # memory_map: the OS pages file bytes in; only the lz4 output is allocated
-    tables = []
-    for f in files:
-        try:
-            tables.append(pq.read_table(f, columns=columns, memory_map=True))
-        except (pa.ArrowException, OSError) as e:
-            raise MedrefError(f"{f}: unreadable Parquet shard ({type(e).__name__}: {e}); {_RECOVER.format(d=shards_dir)}") from e
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-
-
-_RECOVER = ("restore it with `dvc checkout {d}` (or rebuild: `dvc repro -f preprocess@<dataset>` / "
-            "`medref preprocess <dataset>`)")
-# (path, size, mtime_ns) of shard files whose sha256 matched the manifest in this process
-_VERIFIED: set[tuple[str, int, int]] = set()
-
-
-def verify_shards(shards_dir: str | Path, split: str) -> None:
-    """Check each shard of ``split`` against its sha256 in manifest.json, once per process and file version.
-
-    A truncated or modified shard (a damaged DVC cache, a partial copy) is reported with the file and how to
-    recover, instead of an Arrow error or silently different pixels. Hashing is ~1 s/GB, paid once per process
-    (DataLoader workers started by fork inherit the result)."""
-    from pipeline_src.utils.io import sha256_file
-
-    m = load_manifest(shards_dir)
-    for s in m["splits"].get(split, {}).get("shards", []):
-        f = Path(shards_dir) / s["path"]
-        try:
-            st = f.stat()
-        except FileNotFoundError:
-            raise MedrefError(f"{f}: shard listed in manifest.json is missing; {_RECOVER.format(d=shards_dir)}") from None
-        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-        if key in _VERIFIED or "sha256" not in s:
-            continue
-        digest = sha256_file(f)
-        if digest != s["sha256"]:
-            raise MedrefError(f"{f}: corrupted shard (sha256 {digest[:12]} != {s['sha256'][:12]} in manifest.json, "
-                              f"{st.st_size} bytes); {_RECOVER.format(d=shards_dir)}")
-        _VERIFIED.add(key)
-
-
-def _fixed_view(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """[N, byte_width] uint8 view of a fixed_size_binary column (zero-copy for a single chunk)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    w = arr.type.byte_width
-    n = len(arr)
-    if n == 0:
-        return np.zeros((0, w), np.uint8)
-    buf = arr.buffers()[1]
-    return np.frombuffer(buf, np.uint8, count=n * w, offset=arr.offset * w).reshape(n, w)
-
-
-def _row_views(col: pa.ChunkedArray) -> list[np.ndarray]:
-    """One read-only uint8 [byte_width] view per row of a fixed_size_binary column, chunk by chunk (zero-copy)."""
-    out: list[np.ndarray] = []
-    for chunk in col.chunks:
-        out.extend(_fixed_view(chunk))
-    return out
-
-
-def _hw(table: pa.Table) -> tuple[int, int]:
-    if "height" in table.column_names and table.num_rows:
-        return int(table["height"][0].as_py()), int(table["width"][0].as_py())
-    side = math.isqrt(table.schema.field("image").type.byte_width) if "image" in table.column_names else None
-    if side is None:
-        raise MedrefError("cannot infer the image size: read the 'height'/'width' or 'image' columns too")
-    return side, side
-
-
-def decode_images(table: pa.Table) -> np.ndarray:
-    """uint8 [N,H,W] (a read-only view of the Arrow buffer when the table has one chunk)."""
-    h, w = _hw(table)
-    return _fixed_view(table["image"]).reshape(-1, h, w)
-
-
-def decode_masks(table: pa.Table) -> np.ndarray:
-    """uint8 [N,H,W] in {0,1}."""
-    if (table.schema.metadata or {}).get(b"medref.mask_encoding") == b"class_index":
-        raise MedrefError("mask column holds class indices (a volumes dataset): use volumes.decode_class_masks")
-    h, w = _hw(table)
-    packed = _fixed_view(table["mask"])
-    return np.unpackbits(packed, axis=1, count=h * w).reshape(-1, h, w)
 
 
 class ShardDataset:
@@ -194,12 +67,12 @@ class ShardDataset:
                 raise MedrefError(f"{self.shards_dir}/{self.split}: {len(missing)} ids not in the shards, e.g. {missing[:5]}")
             rows = np.asarray([pos[k] for k in self.ids], dtype=np.int64)
             ids = self.ids
-        h, w = _hw(t)
+        h, w = image_hw(t)
         self._data = {
             "table": t,  # keeps the Arrow buffers behind the views alive
             # per-row views of each chunk's buffer: no combine_chunks copy of the whole split (~0.2 s/100 MB)
-            "images": _row_views(t["image"]),
-            "masks": _row_views(t["mask"]),
+            "images": row_views(t["image"]),
+            "masks": row_views(t["mask"]),
             "texts": t["text"].to_pylist(),
             "rows": rows,
             "ids": ids,

@@ -31,34 +31,13 @@ from PIL import Image
 from pipeline_src.data.download import read_pairs
 from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
 from pipeline_src.data.layouts import SPLITS
+from pipeline_src.data.shards import SplitWriter, schema
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import atomic_dir, sha256_file, sha256_json, write_json
 
 # Mask pixels in this grey band are neither clearly background nor lesion.
 AMBIGUOUS_LO, AMBIGUOUS_HI = 32, 223
 STRING_COLUMNS = ["id", "split", "text", "source_image", "source_mask", "image_sha256", "mask_sha256"]
-
-
-def base_fields(image_size: int, mask_bytes: int) -> list[tuple[str, pa.DataType]]:
-    """The shard columns every dataset kind has (CONTRACT.md); volumes append their own after these."""
-    return [
-        ("id", pa.string()),
-        ("split", pa.string()),
-        ("image", pa.binary(image_size * image_size)),
-        ("mask", pa.binary(mask_bytes)),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("text", pa.string()),
-        ("source_image", pa.string()),
-        ("source_mask", pa.string()),
-        ("image_sha256", pa.string()),
-        ("mask_sha256", pa.string()),
-    ]
-
-
-def schema(image_size: int) -> pa.Schema:
-    n = image_size * image_size
-    return pa.schema(base_fields(image_size, (n + 7) // 8))  # masks bit-packed
 
 
 def _log(msg: str) -> None:
@@ -142,19 +121,6 @@ def _chunk_table(recs: list[tuple[dict, tuple]], sch: pa.Schema, size: int) -> p
     return pa.Table.from_pydict(cols, schema=sch)
 
 
-def _writer(path: Path, sch: pa.Schema, compression: str) -> pq.ParquetWriter:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return pq.ParquetWriter(
-        path, sch,
-        compression=None if compression == "none" else compression,
-        # dictionaries only pay off on the repetitive strings; never on pixel bytes
-        use_dictionary=["split", "text"],
-        # min/max stats of 50 KB pixel values are useless and large
-        write_statistics=["id", "split", "height", "width"],
-        write_page_index=False,
-    )
-
-
 @contextlib.contextmanager
 def _disk_full_is_error(out_dir: Path, dataset: str, est_bytes: int):
     """ENOSPC/EDQUOT while writing -> one MedrefError (atomic_dir has already removed the partial temp dir)."""
@@ -185,7 +151,6 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
     size = pp.image_size
     sch = schema(size)
     rgs = pp.row_group_size
-    per_shard = max(1, pp.shard_rows // rgs) * rgs  # whole row groups per part file
     text_required = kind != "folder"
     from tqdm import tqdm
 
@@ -197,8 +162,7 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
         bar = tqdm(total=len(rows), desc=f"preprocess {dataset}", disable=len(rows) < 2000)
         for split in SPLITS:
             srows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["id"])
-            shards: list[dict] = []
-            writer, n_in_shard, n_split = None, 0, 0
+            writer = SplitWriter(tmp, split, sch, rgs, pp.shard_rows, pp.compression)
             for start in range(0, len(srows), rgs):
                 chunk = srows[start : start + rgs]
                 # decoding is PNG/zlib work that releases the GIL: 2 threads ~ 2 cores
@@ -221,26 +185,9 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
                 if problems and pp.on_invalid == "error":
                     continue  # keep validating to report every bad file at once; nothing is written
                 for i in range(0, len(good), rgs):
-                    part = good[i : i + rgs]
-                    # a row group may be split across the shard boundary only if shard_rows is not a multiple
-                    while part:
-                        if writer is None:
-                            path = tmp / split / f"part-{len(shards):05d}.parquet"
-                            writer = _writer(path, sch, pp.compression)
-                            shards.append({"path": f"{split}/{path.name}", "rows": 0})
-                            n_in_shard = 0
-                        take = part[: per_shard - n_in_shard]
-                        writer.write_table(_chunk_table(take, sch, size), row_group_size=rgs)
-                        n_in_shard += len(take)
-                        n_split += len(take)
-                        shards[-1]["rows"] += len(take)
-                        part = part[len(take) :]
-                        if n_in_shard >= per_shard:
-                            writer.close()
-                            writer = None
-            if writer is not None:
-                writer.close()
-            splits_out[split] = {"rows": n_split, "shards": shards}
+                    writer.write(_chunk_table(good[i : i + rgs], sch, size))
+            shards = [{"path": sh["path"].relative_to(tmp).as_posix(), "rows": sh["rows"]} for sh in writer.close()]
+            splits_out[split] = {"rows": sum(sh["rows"] for sh in shards), "shards": shards}
         bar.close()
         if problems and pp.on_invalid == "error":
             # source paths already start with their split's folder ("train/images/x.png"): print them as they are
@@ -278,36 +225,3 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def stale_reason(manifest: dict, params, dataset: str) -> str | None:
-    """Why shards with this manifest were NOT made for the current params (None when they were).
-
-    Later stages (split, pseudolabel) call it, so that after a failed or skipped ``medref preprocess`` they refuse
-    the previous shards instead of silently using them. It compares what the manifest records with what
-    params.yaml asks now: the preprocess section (2-D datasets), or the slice size, CT window and case split
-    (volumes). A manifest that records none of it (hand-made test fixtures) cannot be judged and passes."""
-    if manifest.get("kind") == "volumes":
-        v = params.dataset(dataset).volumes
-        want = {"image_size": v.image_size or params.preprocess.image_size,
-                "window": {"hu_min": v.hu_min, "hu_max": v.hu_max},
-                "split": {"val_fraction": v.val_fraction, "test_fraction": v.test_fraction, "seed": v.split_seed}}
-        have = {k: manifest.get(k) for k in want}
-        recorded = all(k in manifest for k in want)
-    else:
-        want, have = params.preprocess.model_dump(mode="json"), manifest.get("params")
-        recorded = have is not None
-    if not recorded or have == want:
-        return None
-    if isinstance(have, dict) and isinstance(want, dict):
-        diff = [f"{k}: {have.get(k)!r} in the shards, {want.get(k)!r} in params" for k in sorted(want | have)
-                if have.get(k) != want.get(k)]
-    else:
-        diff = [f"{have!r} in the shards, {want!r} in params"]
-    return "; ".join(diff)
-
-
-def require_current(shards_dir: Path, params, dataset: str, manifest: dict) -> None:
-    """MedrefError when the shards in ``shards_dir`` were made for other params (see :func:`stale_reason`)."""
-    why = stale_reason(manifest, params, dataset)
-    if why is not None:
-        raise MedrefError(f"{Path(shards_dir) / 'manifest.json'}: these shards were made for other params ({why}); "
-                          f"re-run `medref preprocess {dataset}` (or `dvc repro preprocess@{dataset}`) first")

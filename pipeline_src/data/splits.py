@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline_src.data.dataset import eval_split, load_manifest, read_table
+from pipeline_src.data.shards import eval_split, load_manifest, read_table
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import sha256_json, write_json
 
@@ -95,7 +95,7 @@ def run(params, regime: str, shards_dir: Path, out_file: Path) -> dict:
     r = params.regime(regime)
     seed = params.split.seed
     shards_dir = Path(shards_dir)
-    from pipeline_src.data.preprocess import require_current
+    from pipeline_src.data.shards import require_current
 
     require_current(shards_dir, params, r.dataset, load_manifest(shards_dir))
     evaluated_on = _require_eval_split(shards_dir, r.dataset)

@@ -47,10 +47,10 @@ from typing import Any
 import numpy as np
 
 from pipeline_src.data.params import VolumeParams
+from pipeline_src.data.shards import MASK_ENCODING, SplitWriter, volume_schema
 from pipeline_src.errors import MedrefError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-MASK_ENCODING = "class_index"
 # an affine may differ by float noise between an image and its label map (different writers round the
 # qform differently); a real mismatch (another case, another resampling) is far larger than this
 AFFINE_ATOL_MM = 1e-3
@@ -325,88 +325,6 @@ def _rel(p: Path, root: Path) -> str:
         return p.as_posix()
 
 
-def shard_schema(size: int, n_classes: int, labels: dict[str, int] | None = None):
-    import pyarrow as pa
-
-    from pipeline_src.data.preprocess import base_fields
-
-    meta = {b"medref.mask_encoding": MASK_ENCODING.encode(), b"medref.n_classes": str(n_classes).encode()}
-    if labels is not None:
-        meta[b"medref.labels"] = json.dumps(labels, sort_keys=True).encode()
-    return pa.schema(
-        [
-            *base_fields(size, size * size),  # mask: one uint8 class index per pixel, not bit-packed
-            ("case_id", pa.string()),
-            ("slice_index", pa.int32()),
-            ("n_classes", pa.int32()),
-            ("spacing", pa.list_(pa.float32(), 3)),
-        ],
-        metadata=meta,
-    )
-
-
-class _SplitWriter:
-    """Streams one split's rows into part-NNNNN.parquet files of ``shard_rows`` rows, one row group at a time."""
-
-    def __init__(self, root: Path, split: str, schema, row_group_size: int, shard_rows: int, compression: str):
-        self.dir, self.split, self.schema = root / split, split, schema
-        self.row_group_size, self.shard_rows = row_group_size, shard_rows
-        self.compression = None if compression == "none" else compression
-        self.buf: list[dict] = []
-        self.writer = None
-        self.part_rows = 0
-        self.shards: list[dict] = []
-
-    def add(self, row: dict) -> None:
-        self.buf.append(row)
-        if len(self.buf) >= self.row_group_size or self.part_rows + len(self.buf) >= self.shard_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self.buf:
-            return
-        if self.writer is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            path = self.dir / f"part-{len(self.shards):05d}.parquet"
-            # no dictionary on the fixed-size pixel columns (unique per row); statistics off for them too
-            self.writer = pq.ParquetWriter(
-                path,
-                self.schema,
-                compression=self.compression,
-                use_dictionary=[
-                    "split",
-                    "text",
-                    "source_image",
-                    "source_mask",
-                    "image_sha256",
-                    "mask_sha256",
-                    "case_id",
-                ],
-                write_statistics=["id", "split", "case_id", "slice_index", "height", "width", "n_classes"],
-            )
-            self.shards.append({"path": path, "rows": 0})
-        table = pa.Table.from_pylist(self.buf, schema=self.schema)
-        self.writer.write_table(table, row_group_size=self.row_group_size)
-        self.part_rows += len(self.buf)
-        self.shards[-1]["rows"] = self.part_rows
-        self.buf = []
-        if self.part_rows >= self.shard_rows:
-            self._close_part()
-
-    def _close_part(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer, self.part_rows = None, 0
-
-    def close(self) -> list[dict]:
-        self._flush()
-        self._close_part()
-        return self.shards
-
-
 def write_volume_shards(
     raw_dir: str | Path,
     out_dir: str | Path,
@@ -420,6 +338,8 @@ def write_volume_shards(
     ``preprocess`` is the PreprocessParams (image_size, row_group_size, shard_rows, compression); None -> its
     defaults. The whole folder is replaced atomically; rows stream through one row group per split in memory.
     """
+    import pyarrow as pa
+
     from pipeline_src.data.params import PreprocessParams
     from pipeline_src.utils.io import atomic_dir, sha256_file, sha256_json, write_json
 
@@ -429,15 +349,24 @@ def write_volume_shards(
     size = p.image_size or pre.image_size
     labels = read_labels(raw_dir)
     n_classes = len(labels)
-    schema = shard_schema(size, n_classes, labels)
+    schema = volume_schema(size, n_classes, labels)
     cases: dict[str, dict] = {}
     with atomic_dir(out_dir) as tmp:
         writers = {
-            s: _SplitWriter(tmp, s, schema, pre.row_group_size, pre.shard_rows, pre.compression)
+            s: SplitWriter(tmp, s, schema, pre.row_group_size, pre.shard_rows, pre.compression)
             for s in ("train", "val", "test")
         }
+        pending: dict[str, list[dict]] = {s: [] for s in writers}  # rows of the next row group, per split
+
+        def flush(split: str) -> None:
+            if pending[split]:
+                writers[split].write(pa.Table.from_pylist(pending[split], schema=schema))
+                pending[split] = []
+
         for row in iter_volume_slices(raw_dir, p, image_size=size):
-            writers[row["split"]].add(row)
+            pending[row["split"]].append(row)
+            if len(pending[row["split"]]) == pre.row_group_size:
+                flush(row["split"])
             c = cases.setdefault(
                 row["case_id"],
                 {
@@ -453,6 +382,7 @@ def write_volume_shards(
             c["n_slices"] += 1
         splits = {}
         for s, w in writers.items():
+            flush(s)
             shards = [
                 {"path": sh["path"].relative_to(tmp).as_posix(), "rows": sh["rows"], "sha256": sha256_file(sh["path"])}
                 for sh in w.close()
@@ -482,18 +412,6 @@ def write_volume_shards(
 
 
 # ---- reading back --------------------------------------------------------------------------------------------
-
-
-def decode_class_masks(table) -> np.ndarray:
-    """``mask`` column of a volumes shard table -> uint8 [N,H,W] class indices (the binary decode_masks would
-    unpack bits; this is the class-index counterpart)."""
-    meta = table.schema.metadata or {}
-    if meta.get(b"medref.mask_encoding", MASK_ENCODING.encode()) != MASK_ENCODING.encode():
-        raise MedrefError("mask column is not class-index encoded (a binary dataset? use dataset.decode_masks)")
-    n = table.num_rows
-    h, w = (int(table.column("height")[0].as_py()), int(table.column("width")[0].as_py())) if n else (0, 0)
-    col = table.column("mask").combine_chunks()
-    return np.frombuffer(col.buffers()[1], dtype=np.uint8, count=n * h * w, offset=col.offset * h * w).reshape(n, h, w)
 
 
 def restack(case_ids: Sequence[str], slice_index: Sequence[int], slices: np.ndarray) -> dict[str, np.ndarray]:

@@ -129,7 +129,7 @@ def evaluate_volumes(predictor: Any, dataset: Any, shards_dir: Path, batch_size:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from pipeline_src.data.dataset import load_manifest
+    from pipeline_src.data.shards import load_manifest
     from pipeline_src.evaluate.multiclass import CASE_COLUMNS, VolumeAccumulator
 
     labels = load_manifest(shards_dir)["labels"]
@@ -216,8 +216,8 @@ def select_overlays(per_sample, k: int) -> list[tuple[str, int, int]]:
 
 
 def _load_predictor(model_dir: Path, device: str):
-    # Imported here: the train package (torch, timm, open_clip) is heavy and owned by another phase.
-    from pipeline_src.train.checkpoint import load_predictor
+    # Imported here: loading a model pulls in torch, timm and open_clip, which the rest of this module never needs.
+    from pipeline_src.inference.predictor import load_predictor
 
     return load_predictor(model_dir, device=device)
 
@@ -228,7 +228,8 @@ def run(
     """Evaluate ``models/<regime>`` and write ``metrics/<regime>.json`` and ``eval/<regime>/``."""
     import torch
 
-    from pipeline_src.data.dataset import ShardDataset, eval_split
+    from pipeline_src.data.dataset import ShardDataset
+    from pipeline_src.data.shards import eval_split
 
     model_dir, shards_dir, labels_file = Path(model_dir), Path(shards_dir), Path(labels_file)
     if not (model_dir / "model.pt").exists():
@@ -308,7 +309,7 @@ def run(
 def _require_trained_on(model_dir: Path, shards_dir: Path, regime: str) -> None:
     """Refuse to score a model on shards other than the ones it was trained from (e.g. shards rebuilt at another
     image size since): its provenance records the shards digest, the manifest holds the current one."""
-    from pipeline_src.data.dataset import load_manifest
+    from pipeline_src.data.shards import load_manifest
 
     prov = Path(model_dir) / "provenance.json"
     if not prov.is_file():

@@ -41,7 +41,7 @@ def schema():
 
 def label_split(table, pp: dict) -> dict[str, list]:
     """Columns of the labels table for one split's shard table (id, split, text, image, mask, height, width)."""
-    from pipeline_src.data.dataset import decode_images, decode_masks
+    from pipeline_src.data.shards import decode_images, decode_masks
 
     n = table.num_rows
     cols: dict[str, list] = {k: [] for k in schema().names}
@@ -110,8 +110,7 @@ def run(params, dataset: str, shards_dir: Path, out_file: Path, metrics_file: Pa
     import pyarrow.parquet as pq
 
     from pipeline_src import provenance
-    from pipeline_src.data.dataset import load_manifest, read_table
-    from pipeline_src.data.preprocess import require_current
+    from pipeline_src.data.shards import load_manifest, read_table, require_current
 
     manifest = load_manifest(shards_dir)
     require_current(shards_dir, params, dataset, manifest)  # e.g. a failed preprocess left the previous shards

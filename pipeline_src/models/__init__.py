@@ -6,17 +6,19 @@ or a lazy ``"module:function"`` string, so an architecture in its own module (Me
 Every model follows the forward contract in ``pipeline_src/models/segmodel.py``.
 
 To add an architecture: write ``build(cfg) -> nn.Module`` honouring that contract, add one line here,
-and add the name to ``ModelParams.arch``'s allowed values in ``pipeline_src/train/params.py``.
+and add the name to ``ModelParams.arch``'s allowed values in ``pipeline_src/models/params.py``.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pipeline_src.errors import MedrefError
+
+if TYPE_CHECKING:  # importing the package (e.g. for models.params) must not pull in torch
+    from torch import nn
 
 ARCHS: dict[str, Callable | str] = {
     "textguided": "pipeline_src.models.segmodel:build_textguided",

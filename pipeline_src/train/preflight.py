@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline_src.data.dataset import is_class_index, load_manifest
+from pipeline_src.data.shards import is_class_index, load_manifest
 from pipeline_src.errors import MedrefError
 
 

@@ -80,7 +80,7 @@ def read_labels(labels_file: Path) -> dict[str, tuple]:
 
 
 def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict[str, tuple]) -> Split:
-    from pipeline_src.data.dataset import decode_images, decode_masks, read_table
+    from pipeline_src.data.shards import decode_images, decode_masks, read_table
 
     table = read_table(shards_dir, split, columns=["id", "image", "mask", "height", "width", "text"])
     all_ids = table.column("id").to_pylist()
@@ -105,7 +105,7 @@ def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict
         spans.append(s)
     images = torch.from_numpy(np.array(decode_images(table), dtype=np.uint8))[:, None]  # copy: Arrow views are read-only
     if (table.schema.metadata or {}).get(b"medref.mask_encoding") == b"class_index":
-        from pipeline_src.data.volumes import decode_class_masks  # volumes: class indices, not bits
+        from pipeline_src.data.shards import decode_class_masks  # volumes: class indices, not bits
 
         masks = torch.from_numpy(np.array(decode_class_masks(table), dtype=np.uint8))[:, None]
     else:

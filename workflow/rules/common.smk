@@ -21,16 +21,14 @@ SHARED_CODE = [
     "pipeline_src/labels/params.py",
     "pipeline_src/train/params.py",
     "pipeline_src/evaluate/params.py",
+    "pipeline_src/models/params.py",
+    "pipeline_src/models/__init__.py",
     "pipeline_src/errors.py",
     "pipeline_src/paths.py",
     "pipeline_src/utils",
 ]
-# A stage that reads shards: dataset.py takes the shard schema from preprocess.py and volumes.py,
-# which import the rest.
-SHARD_READER_CODE = [
-    "pipeline_src/data/dataset.py",
-    "pipeline_src/data/preprocess.py",
-    "pipeline_src/data/volumes.py",
+# What downloading a dataset runs (preprocess reads the raw layout through download.read_pairs).
+DOWNLOAD_CODE = [
     "pipeline_src/data/download.py",
     "pipeline_src/data/layouts.py",
     "pipeline_src/data/synthetic.py",

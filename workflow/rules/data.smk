@@ -4,10 +4,7 @@
 rule download:
     input:
         SHARED_CODE,
-        "pipeline_src/data/download.py",
-        "pipeline_src/data/layouts.py",
-        "pipeline_src/data/synthetic.py",
-        "pipeline_src/data/synthetic_volumes.py",
+        DOWNLOAD_CODE,
     output:
         directory("data/raw/{dataset}"),
     log:
@@ -24,10 +21,9 @@ rule preprocess:
     input:
         "data/raw/{dataset}",
         SHARED_CODE,
-        "pipeline_src/data/download.py",
-        "pipeline_src/data/layouts.py",
-        "pipeline_src/data/synthetic.py",
-        "pipeline_src/data/synthetic_volumes.py",
+        DOWNLOAD_CODE,
+        "pipeline_src/data/imageio.py",
+        "pipeline_src/data/shards.py",
         "pipeline_src/data/preprocess.py",
         "pipeline_src/data/volumes.py",
     output:
@@ -47,7 +43,7 @@ rule split:
     input:
         shards_of,
         SHARED_CODE,
-        SHARD_READER_CODE,
+        "pipeline_src/data/shards.py",
         "pipeline_src/data/splits.py",
     output:
         "data/splits/{regime}.json",

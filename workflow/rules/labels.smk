@@ -6,7 +6,7 @@ rule pseudolabel:
         "data/shards/{dataset}",
         SHARED_CODE,
         "pipeline_src/provenance.py",
-        SHARD_READER_CODE,
+        "pipeline_src/data/shards.py",
         "pipeline_src/labels",
     output:
         "data/labels/{dataset}.parquet",

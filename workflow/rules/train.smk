@@ -14,14 +14,11 @@ rule train:
         "data/splits/{regime}.json",
         SHARED_CODE,
         "pipeline_src/provenance.py",
-        SHARD_READER_CODE,
+        "pipeline_src/data/shards.py",
+        "pipeline_src/data/splits.py",
         "pipeline_src/labels/text_parser.py",
         "pipeline_src/models",
-        "pipeline_src/train/launcher.py",
-        "pipeline_src/train/train.py",
-        "pipeline_src/train/methods.py",
-        "pipeline_src/train/augment.py",
-        "pipeline_src/train/checkpoint.py",
+        "pipeline_src/train",
     output:
         directory("models/{regime}"),
     log:

@@ -1,0 +1,1 @@
+"""Phase package: use a trained model (load a model folder, predict)."""
