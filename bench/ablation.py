@@ -159,8 +159,8 @@ def dispersion(model_dir: Path, shards: Path, stage: int) -> dict:
     import torch
 
     from pipeline_src.data.dataset import decode_images, eval_split, read_table
+    from pipeline_src.inference.predictor import load_predictor
     from pipeline_src.models.dispersive import feature_dispersion
-    from pipeline_src.train.checkpoint import load_predictor
 
     pred = load_predictor(model_dir)
     split = eval_split(shards)

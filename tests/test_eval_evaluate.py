@@ -22,7 +22,7 @@ REGIONS = [(1, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 1), (1, 0, 0, 0, 0, 1)]
 
 
 class ThresholdPredictor:
-    """Stand-in for train.checkpoint.Predictor: bright pixels are the lesion (distractor blobs included),
+    """Stand-in for inference.predictor.Predictor: bright pixels are the lesion (distractor blobs included),
     so predictions are right on lesions and wrong on distractors; embeddings encode the text."""
 
     device = "cpu"

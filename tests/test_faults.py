@@ -326,7 +326,7 @@ def test_corrupted_shard_is_named_with_recovery(labelled, tmp_path, damage):
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_modified_model_file_is_named_with_recovery(reference_model, tmp_path, damage):
-    from pipeline_src.train.checkpoint import load_predictor
+    from pipeline_src.inference.predictor import load_predictor
 
     model = tmp_path / "ft"
     shutil.copytree(reference_model, model)

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from pipeline_src.models import ARCHS, build_model, losses
 from pipeline_src.models.alignment import alignment_score
+from pipeline_src.models.params import ModelParams
 from pipeline_src.models.text import build_tokenizer
-from pipeline_src.train.params import ModelParams
 
 SMALL = ModelParams(
     image_encoder="resnet18",

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from pipeline_src.inference.predictor import load_predictor
 from pipeline_src.params import Params, load_raw
 from pipeline_src.train import methods
-from pipeline_src.train.checkpoint import load_predictor
 from pipeline_src.train.train import run
 from tests.train_fixtures import make_dataset
 

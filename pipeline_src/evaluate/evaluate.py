@@ -216,8 +216,8 @@ def select_overlays(per_sample, k: int) -> list[tuple[str, int, int]]:
 
 
 def _load_predictor(model_dir: Path, device: str):
-    # Imported here: the train package (torch, timm, open_clip) is heavy and owned by another phase.
-    from pipeline_src.train.checkpoint import load_predictor
+    # Imported here: the model stack (torch, timm, open_clip) is heavy, and report-only callers never need it.
+    from pipeline_src.inference.predictor import load_predictor
 
     return load_predictor(model_dir, device=device)
 

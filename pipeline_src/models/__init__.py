@@ -6,7 +6,7 @@ or a lazy ``"module:function"`` string, so an architecture in its own module (Me
 Every model follows the forward contract in ``pipeline_src/models/segmodel.py``.
 
 To add an architecture: write ``build(cfg) -> nn.Module`` honouring that contract, add one line here,
-and add the name to ``ModelParams.arch``'s allowed values in ``pipeline_src/train/params.py``.
+and add the name to ``ModelParams.arch``'s allowed values in ``pipeline_src/models/params.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pipeline_src.errors import MedrefError
 ARCHS: dict[str, Callable | str] = {
     "textguided": "pipeline_src.models.segmodel:build_textguided",
     "image_only": "pipeline_src.models.segmodel:build_image_only",
-    # Med-DisSeg (issue 6): structure-sensitive attention encoder + adaptive multi-scale calibration decoder.
+    # Med-DisSeg: structure-sensitive attention encoder + adaptive multi-scale calibration decoder.
     "meddisseg": "pipeline_src.models.meddisseg:build",
 }
 

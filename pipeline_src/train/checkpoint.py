@@ -1,27 +1,23 @@
-"""Checkpoints (resumable training state) and the predictor that evaluation loads.
+"""Training checkpoints: resumable training state, written and read by ``medref train``.
 
 - ``runs/<regime>/last.pt``: one plain dict (nanoGPT style): ``modules`` (student + EMA teacher), ``optimizer``,
   ``step``, RNG states, epoch accumulators and metric history, and a ``fingerprint`` of everything that
   changes the result. Written atomically; a run resumes from it by default, and only when the fingerprint
   matches (a stale checkpoint from other params is ignored, never silently continued).
-- ``models/<regime>/model.pt``: ``{state_dict, model_config, method, regime}`` of the exported network.
-  The architecture comes from the file (``model_config``), not from the current params.
 
-    from pipeline_src.train.checkpoint import load_predictor
-    p = load_predictor("models/qata_10pct"); probs = p.predict(images, texts)
+The exported network (``models/<regime>/model.pt``) is read by :mod:`pipeline_src.inference.predictor`.
+
+    from pipeline_src.train import checkpoint; state = checkpoint.load_checkpoint(Path("runs/qata_10pct"), fp)
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import atomic_file
 
 CHECKPOINT = "last.pt"
@@ -54,78 +50,3 @@ def load_checkpoint(run_dir: Path, fingerprint: str) -> dict | None:
         print(f"[train] {path}: checkpoint is from other params/inputs; starting from scratch")
         return None
     return ckpt
-
-
-class Predictor:
-    """Frozen network for evaluation: ``predict`` -> probabilities, ``embed`` -> (image_emb, text_emb)."""
-
-    def __init__(self, net: torch.nn.Module, tokenize, config: dict, method: str, device: str = "cpu"):
-        self.net = net.to(device).eval()
-        self.tokenize, self.config, self.method, self.device = tokenize, config, method, device
-
-    def _forward(self, images: torch.Tensor, texts: list[str]) -> dict:
-        images = images.to(self.device, torch.float32)
-        if len(texts) != len(images):
-            raise MedrefError(f"predict: {len(images)} images but {len(texts)} texts")
-        tokens = self.tokenize(list(texts)).to(self.device) if self.net.uses_text else None
-        return self.net(images, tokens)
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """[B,1,H,W] foreground probability (binary model) or [B,C,H,W] class probabilities (softmax, C > 1)."""
-        logits = self._forward(images, texts)["logits"].float()
-        return (torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)).cpu()
-
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """L2-normalised pooled embeddings; text is None for an image-only model."""
-        out = self._forward(images, texts)
-        txt = out["txt_emb"]
-        return F.normalize(out["img_emb"].float(), dim=-1).cpu(), (
-            None if txt is None else F.normalize(txt.float(), dim=-1).cpu())
-
-
-def _recover(model_dir: Path) -> str:
-    return (f"restore it with `dvc checkout {model_dir}` (or retrain: `dvc repro -f train@{model_dir.name}` / "
-            f"`medref train {model_dir.name}`)")
-
-
-def _verify_model_file(model_dir: Path, path: Path) -> None:
-    """model.pt against the sha256 that training recorded in provenance.json (older models have none)."""
-    from pipeline_src.utils.io import sha256_file
-
-    prov = model_dir / "provenance.json"
-    try:
-        expected = json.loads(prov.read_text()).get("model_sha256") if prov.is_file() else None
-    except ValueError as e:
-        raise MedrefError(f"{prov}: not valid JSON ({e}); {_recover(model_dir)}") from e
-    if expected is not None and (digest := sha256_file(path)) != expected:
-        raise MedrefError(f"{path}: corrupted or modified model file (sha256 {digest[:12]} != {expected[:12]} "
-                          f"recorded in {prov.name}); {_recover(model_dir)}")
-
-
-def load_predictor(model_dir: str | Path, device: str = "cpu") -> Predictor:
-    from pipeline_src.models import build_model
-    from pipeline_src.models.text import build_tokenizer
-    from pipeline_src.train.params import ModelParams
-
-    model_dir = Path(model_dir)
-    path = model_dir / "model.pt"
-    if not path.is_file():
-        raise MedrefError(f"{path}: no trained model (run `medref train` for this regime first)")
-    _verify_model_file(model_dir, path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle error...: all mean a damaged file
-        raise MedrefError(f"{path}: unreadable model file ({type(e).__name__}: {e}); {_recover(model_dir)}") from e
-    mcfg = ModelParams.model_validate(blob["model_config"])
-    # The saved state dict holds every weight: do not re-read init files (absent on a collaborator's machine).
-    # A local-dir: text tower stays, because it also defines the tower's architecture and tokenizer.
-    tw = mcfg.text_weights if (mcfg.text_weights or "").startswith("local-dir:") else None
-    mcfg = mcfg.model_copy(update={"image_weights": None, "text_weights": tw})
-    net = build_model(mcfg)
-    net.load_state_dict(blob["state_dict"])
-    cfg_file = model_dir / "config.json"
-    config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-    tok = build_tokenizer(mcfg.context_length, mcfg.text_weights)
-    return Predictor(net, lambda texts: tok(texts), config, blob["method"], device)
