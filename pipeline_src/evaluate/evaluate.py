@@ -27,6 +27,7 @@ import numpy as np
 from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate import metrics as M
 from pipeline_src.evaluate import plots
+from pipeline_src.labels.table import read_labels
 from pipeline_src.utils.io import atomic_dir, write_json
 
 OVERLAY_KINDS = ("best", "median", "worst")
@@ -34,16 +35,7 @@ OVERLAY_KINDS = ("best", "median", "worst")
 
 def read_regions(labels_file: Path) -> dict[str, tuple[int, ...] | None]:
     """id -> the 6 text-named regions (None when the text names none we can parse)."""
-    import pyarrow.parquet as pq
-
-    labels_file = Path(labels_file)
-    if not labels_file.exists():
-        raise MedrefError(f"{labels_file}: labels file not found (run `medref pseudolabel` first)")
-    t = pq.read_table(labels_file, columns=["id", "text_regions"]).to_pydict()
-    return {
-        i: (tuple(int(v) for v in r) if r is not None else None)
-        for i, r in zip(t["id"], t["text_regions"], strict=True)
-    }
+    return {i: lab.regions for i, lab in read_labels(labels_file).items()}
 
 
 def _region_matrix(ids: Sequence[str], regions: Mapping[str, tuple[int, ...] | None] | None) -> np.ndarray | None:

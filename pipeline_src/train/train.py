@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.labels.table import Label, read_labels
 from pipeline_src.models import build_model
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.train import checkpoint as ckpt_io
@@ -70,16 +71,7 @@ class Split:
         }
 
 
-def read_labels(labels_file: Path) -> dict[str, tuple]:
-    import pyarrow.parquet as pq
-
-    if not Path(labels_file).is_file():
-        raise MedrefError(f"{labels_file}: pseudo-label file not found (run `medref pseudolabel` first)")
-    t = pq.read_table(labels_file, columns=["id", "text_regions", "position_spans"]).to_pylist()
-    return {r["id"]: (r["text_regions"], [tuple(s) for s in (r["position_spans"] or [])]) for r in t}
-
-
-def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict[str, tuple]) -> Split:
+def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict[str, Label]) -> Split:
     from pipeline_src.data.dataset import decode_images, decode_masks, read_table
 
     table = read_table(shards_dir, split, columns=["id", "image", "mask", "height", "width", "text"])
