@@ -202,3 +202,12 @@ def test_url_source_says_where_to_place_the_file(tmp_path: Path, monkeypatch) ->
 def test_missing_source_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(MedrefError, match="does not exist"):
         download.run(make_params(str(tmp_path / "nope")), "d", tmp_path / "raw")
+
+
+@pytest.mark.parametrize("content", ['{"dataset": "qata", "splits": {', '["not", "a", "manifest"]'])
+def test_damaged_manifest_names_the_file_and_the_fix(tmp_path, content):
+    from pipeline_src.data.dataset import load_manifest
+
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(MedrefError, match=r"manifest\.json: .*medref preprocess.*dvc checkout"):
+        load_manifest(tmp_path)

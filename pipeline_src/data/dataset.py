@@ -25,7 +25,15 @@ def load_manifest(shards_dir: str | Path) -> dict:
     f = Path(shards_dir) / "manifest.json"
     if not f.is_file():
         raise MedrefError(f"{f}: not found; run `medref preprocess <dataset>` first")
-    return json.loads(f.read_text())
+    try:
+        m = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # truncated or overwritten: the shards cannot be trusted either
+        raise MedrefError(f"{f}: not valid JSON ({e}); re-run `medref preprocess <dataset>` "
+                          f"(or `dvc checkout {f.parent}`)") from e
+    if not isinstance(m, dict) or not isinstance(m.get("splits"), dict):
+        raise MedrefError(f"{f}: not a shards manifest (no 'splits' mapping); re-run `medref preprocess <dataset>` "
+                          f"(or `dvc checkout {f.parent}`)")
+    return m
 
 
 def shard_files(shards_dir: str | Path, split: str) -> list[Path]:
