@@ -3,9 +3,9 @@
     medref eval qata_10pct     # metrics/qata_10pct.json + eval/qata_10pct/
 
 The evaluation split is ``test`` when the shards have test rows, else ``val`` (CONTRACT.md; the real
-QaTa sample ships no test images). :func:`evaluate_predictor` is the one inference+metrics loop:
-training calls it for validation (``distances=False`` skips the slow surface metrics), so the
-numbers a run selects checkpoints by are computed exactly like the reported ones.
+QaTa sample ships no test images). :func:`evaluate_predictor` is the inference+metrics loop over a
+dataset (``distances=False`` skips the slow surface metrics); the per-image Dice/IoU rule it applies is
+``pipeline_src/evaluate/metrics.py``'s.
 
 Multi-class volumes (kind volumes): slices are re-stacked per case and scored in 3-D per class
 (:func:`evaluate_volumes`); per_sample.csv then has one row per case x class and per_class.md the table.

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Text-named lung regions; "left" is IMAGE-left. Same order as pipeline_src.labels (CONTRACT.md).
-REGIONS = ("left-upper", "left-middle", "left-lower", "right-upper", "right-middle", "right-lower")
+# Text-named lung regions ("left" is IMAGE-left), owned by the parser that produces the region vectors.
+from pipeline_src.labels.text_parser import REGIONS
 
 # Per-sample columns, in CSV order (per_sample.csv).
 COLUMNS = (
