@@ -32,6 +32,7 @@ from tqdm import tqdm
 from pipeline_src.errors import MedrefError
 from pipeline_src.labels.table import Label, read_labels
 from pipeline_src.models import build_model
+from pipeline_src.models.metrics import dice_iou_from_counts
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.train.methods import METHODS
@@ -211,8 +212,9 @@ def precise_bn(net, splits: list[Split], n_batches: int, bs: int, tokenize, devi
 
 @torch.no_grad()
 def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 32) -> dict:
-    """Mean per-image Dice at 0.5 on the first ``n_max`` val images (a quick learning-curve signal; the real
-    evaluation is the eval stage)."""
+    """Mean per-image Dice at 0.5 on the first ``n_max`` val images: for a binary model the number ``medref eval``
+    reports (``dice``) for the same images with ``min_component_size`` 0. Multi-class: per-class Dice pooled over
+    the val slices (eval scores re-stacked 3-D cases instead)."""
     n = min(len(val), n_max)
     if n == 0:
         return {}
@@ -232,15 +234,18 @@ def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 
             inter_c = inter_c + (pred * gt).sum(0)
             den_c = den_c + pred.sum(0) + gt.sum(0)
             continue
-        pred = (logits > 0).float()
-        inter = (pred * b["masks"]).flatten(1).sum(1)
-        den = pred.flatten(1).sum(1) + b["masks"].flatten(1).sum(1)
-        dices.append(torch.where(den > 0, 2 * inter / den.clamp_min(1), torch.ones_like(den)))
+        # eval's rule: sigmoid probability > 0.5, then per-image counts -> Dice (models.metrics)
+        pred = torch.sigmoid(logits) > 0.5
+        gt = b["masks"] > 0
+        tp = (pred & gt).flatten(1).sum(1)
+        fp = (pred & ~gt).flatten(1).sum(1)
+        fn = (~pred & gt).flatten(1).sum(1)
+        dices.append(dice_iou_from_counts(tp.cpu().numpy(), fp.cpu().numpy(), fn.cpu().numpy())[0])
     net.train(was)
     if not dices:  # multi-class: mean over foreground classes present (prediction or truth) of the slice Dice
         d = (2 * inter_c / den_c.clamp_min(1))[1:][den_c[1:] > 0]
         return {"val_dice": float(d.float().mean())} if len(d) else {}
-    return {"val_dice": float(torch.cat(dices).mean())}
+    return {"val_dice": float(np.concatenate(dices).mean())}
 
 
 @torch.no_grad()
