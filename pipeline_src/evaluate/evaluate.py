@@ -28,6 +28,7 @@ from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate import metrics as M
 from pipeline_src.evaluate import plots
 from pipeline_src.labels.table import read_labels
+from pipeline_src.models.alignment import alignment_score
 from pipeline_src.utils.io import atomic_dir, write_json
 
 OVERLAY_KINDS = ("best", "median", "worst")
@@ -99,7 +100,7 @@ def evaluate_predictor(
     reg = _region_matrix(acc.ids, regions)
     summary = M.summarize(rows, reg)
     if want_embed and img_embs:
-        summary["alignment"] = alignment_scores(np.concatenate(img_embs), np.concatenate(txt_embs), acc.texts, reg)
+        summary["alignment"] = alignment_score(np.concatenate(img_embs), np.concatenate(txt_embs), acc.texts, reg)
     df = pd.DataFrame({"id": acc.ids, "text": acc.texts, **rows})
     if reg is not None:
         df["text_regions"] = ["" if (r < 0).any() else "".join(map(str, r)) for r in reg]
@@ -152,35 +153,6 @@ def evaluate_volumes(predictor: Any, dataset: Any, shards_dir: Path, batch_size:
         "labels": labels,
     }
     return summary, pd.DataFrame(rows, columns=list(CASE_COLUMNS))
-
-
-def alignment_scores(img: np.ndarray, txt: np.ndarray, texts: Sequence[str], regions: np.ndarray | None) -> dict:
-    """Image->text retrieval among the evaluation set, with its chance level.
-
-    top1: the nearest text (cosine) is the sample's own text; identical texts count as the same
-    (QaTa repeats report sentences verbatim). region_agreement: the retrieved text names the same
-    6-region set (samples with unknown regions are left out).
-    """
-    img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
-    txt = txt / np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
-    nn = np.argmax(img @ txt.T, axis=1)
-    t = np.asarray(texts, dtype=object)
-    same_text = t[:, None] == t[None, :]
-    out = {
-        "n": len(t),
-        "top1": float(np.mean(t[nn] == t)),
-        "top1_chance": float(same_text.mean()),
-        "region_agreement": None,
-        "region_agreement_chance": None,
-    }
-    if regions is not None:
-        known = ~(regions < 0).any(axis=1)
-        sel = known & known[nn]
-        if sel.any():
-            same = (regions[:, None, :] == regions[None, :, :]).all(axis=2)
-            out["region_agreement"] = float(np.mean(same[np.arange(len(t)), nn][sel]))
-            out["region_agreement_chance"] = float(same[np.ix_(known, known)].mean())
-    return out
 
 
 def select_overlays(per_sample, k: int) -> list[tuple[str, int, int]]:
