@@ -211,3 +211,11 @@ def test_damaged_manifest_names_the_file_and_the_fix(tmp_path, content):
     (tmp_path / "manifest.json").write_text(content)
     with pytest.raises(MedrefError, match=r"manifest\.json: .*medref preprocess.*dvc checkout"):
         load_manifest(tmp_path)
+
+
+def test_row_selector_keeps_the_given_order_and_names_missing_ids():
+    from pipeline_src.data.dataset import select_rows
+
+    assert select_rows(["a", "b", "c"], ["c", "a"], "shards/train").tolist() == [2, 0]
+    with pytest.raises(MedrefError, match=r"shards/train: 1 ids not in the shards, e.g. \['z'\]"):
+        select_rows(["a", "b"], ["a", "z"], "shards/train")

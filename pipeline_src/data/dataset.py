@@ -36,6 +36,17 @@ def load_manifest(shards_dir: str | Path) -> dict:
     return m
 
 
+def select_rows(all_ids: list[str], ids: list[str], where: str) -> np.ndarray:
+    """Row positions of ``ids`` (in the order given, e.g. a split file's) among a shard table's ``all_ids``; an id
+    the shards lack is a MedrefError naming ``where``, since labels/splits and shards are then out of step."""
+    pos = {k: i for i, k in enumerate(all_ids)}
+    missing = [k for k in ids if k not in pos]
+    if missing:
+        raise MedrefError(f"{where}: {len(missing)} ids not in the shards, e.g. {missing[:5]} (splits or labels were "
+                          "built from other shards: re-run `medref split` / `dvc repro`)")
+    return np.asarray([pos[k] for k in ids], dtype=np.int64)
+
+
 def shard_files(shards_dir: str | Path, split: str) -> list[Path]:
     m = load_manifest(shards_dir)
     if split not in m["splits"]:
@@ -196,11 +207,7 @@ class ShardDataset:
             rows = np.arange(len(all_ids))
             ids = all_ids
         else:
-            pos = {k: i for i, k in enumerate(all_ids)}
-            missing = [k for k in self.ids if k not in pos]
-            if missing:
-                raise MedrefError(f"{self.shards_dir}/{self.split}: {len(missing)} ids not in the shards, e.g. {missing[:5]}")
-            rows = np.asarray([pos[k] for k in self.ids], dtype=np.int64)
+            rows = select_rows(all_ids, self.ids, f"{self.shards_dir}/{self.split}")
             ids = self.ids
         h, w = _hw(t)
         self._data = {

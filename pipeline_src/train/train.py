@@ -73,18 +73,14 @@ class Split:
 
 
 def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict[str, Label]) -> Split:
-    from pipeline_src.data.dataset import decode_images, decode_masks, read_table
+    from pipeline_src.data.dataset import decode_images, decode_masks, read_table, select_rows
 
     table = read_table(shards_dir, split, columns=["id", "image", "mask", "height", "width", "text"])
     all_ids = table.column("id").to_pylist()
     if ids is None:
         rows = list(range(len(all_ids)))
     else:
-        where = {k: i for i, k in enumerate(all_ids)}
-        missing = [k for k in ids if k not in where]
-        if missing:
-            raise MedrefError(f"{shards_dir}/{split}: {len(missing)} split ids not in the shards, e.g. {missing[:3]}")
-        rows = [where[k] for k in ids]  # split-file order (sorted ids): independent of shard layout
+        rows = select_rows(all_ids, ids, f"{shards_dir}/{split}").tolist()  # split-file order: not shard layout
     table = table.take(rows)
     ids_sel = table.column("id").to_pylist()
     texts = [t or "" for t in table.column("text").to_pylist()]
