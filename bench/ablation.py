@@ -1,6 +1,6 @@
-"""Ablation runner for issues 5 (Semi-MedRef) and 6 (Med-DisSeg): many seeded runs in ONE process, cached.
+"""Ablation runner for the Semi-MedRef components and the Med-DisSeg dispersive loss: many seeded runs in ONE process, cached.
 
-    # synthetic benchmark (issue-5 rows first, then the issue-6 rows), 3 seeds, 5 % and 10 % labels
+    # synthetic benchmark (Semi-MedRef rows first, then the Med-DisSeg rows), 3 seeds, 5 % and 10 % labels
     nice -n 10 .venv/bin/python bench/ablation.py synthetic
     # the real QaTa sample (1 000 train / 200 valid), 1 seed, 10 % labels, 128^2
     nice -n 10 .venv/bin/python bench/ablation.py real
@@ -74,7 +74,7 @@ SUITES = {
         "image_size": 64,
         "rows": list(ROWS),
         "fractions": [0.05, 0.10],
-        # issue-6 rows: 10 % only (the meddisseg rows are image-only supervised: the fraction is just data size)
+        # Med-DisSeg rows: 10 % only (the meddisseg rows are image-only supervised: the fraction is just data size)
         "row_fractions": {k: [0.10] for k in ROWS if ROWS[k][2] == 6},
         "seeds": [1234, 1235, 1236],
         "epochs": 3,
@@ -431,7 +431,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if not args.report_only:
         data = build_data(work, suite, args)
-        # issue-5 rows for every seed first, then the issue-6 rows: an interrupted run still has the priority rows
+        # Semi-MedRef rows for every seed first, then the Med-DisSeg rows: an interrupted run still has the priority rows
         order = sorted(rows, key=lambda r: ROWS[r][2])
         for issue in (5, 6):
             for f in sorted(suite["fractions"], reverse=True):  # 10 % first: the falsification test is at 10 %

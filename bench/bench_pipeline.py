@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_pipeline.py --full     # + `dvc repro` of the whole demo from scratch (= make run)
 
 Works in a scratch copy of the repository (tests/pipeline_utils.make_scratch_repo), never in the checkout.
-Goals (issue 10): no-op `dvc repro` and `snakemake -n all` <= 1.5 s each; `medref --help` imports no torch;
+Goals (a pipeline that feels instant to iterate on): no-op `dvc repro` and `snakemake -n all` <= 1.5 s each; `medref --help` imports no torch;
 the loader (DataLoader over ShardDataset) >= 10x the train step's samples/s (the ratio is computed by
 bench/run_all.py from bench_train.py's figure). Writes bench/results/bench_pipeline[_full].json (git-ignored).
 """

@@ -1,4 +1,4 @@
-"""Run every benchmark and print one table of figures against the issue-10 goals.
+"""Run every benchmark and print one table of figures against the pipeline-speed goals.
 
     .venv/bin/python bench/run_all.py             # small sizes (CI-able, ~1-2 min on 2 idle cores)
     .venv/bin/python bench/run_all.py --smallest  # the CI smoke size (tests/test_bench_smoke.py)

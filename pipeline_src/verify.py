@@ -164,7 +164,7 @@ def verify(regime: str, repo: Path = Path("."), keep: bool = False, log=print) -
         if commit:
             subprocess.run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", commit], cwd=clone, check=True)
         shutil.copy2(repo / "params.yaml", clone / "params.yaml")
-        env = dict(os.environ, MEDREF_LAUNCHER="local", MEDREF_SOURCE_ROOT=str(repo))
+        env = dict(os.environ, MEDREF_LAUNCHER="local")
         log(f"re-running {' -> '.join(stages)} in {clone} (commit {commit or 'HEAD'})")
         run = _dvc(["repro", "--no-run-cache", f"eval@{regime}"], cwd=clone, env=env)
         if run.returncode != 0:

@@ -203,3 +203,21 @@ def test_url_source_says_where_to_place_the_file(tmp_path: Path, monkeypatch) ->
 def test_missing_source_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(MedrefError, match="does not exist"):
         download.run(make_params(str(tmp_path / "nope")), "d", tmp_path / "raw")
+
+
+@pytest.mark.parametrize("content", ['{"dataset": "qata", "splits": {', '["not", "a", "manifest"]'])
+def test_damaged_manifest_names_the_file_and_the_fix(tmp_path, content):
+    from pipeline_src.data.shards import load_manifest
+
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(MedrefError, match=r"manifest\.json: not a") as e:
+        load_manifest(tmp_path)
+    assert "dvc checkout" in str(e.value) and "medref preprocess" in str(e.value)
+
+
+def test_row_selector_keeps_the_given_order_and_names_missing_ids():
+    from pipeline_src.data.shards import select_rows
+
+    assert select_rows(["a", "b", "c"], ["c", "a"], "shards/train").tolist() == [2, 0]
+    with pytest.raises(MedrefError, match=r"shards/train: 1 ids not in the shards, e.g. \['z'\]"):
+        select_rows(["a", "b"], ["a", "z"], "shards/train")

@@ -11,14 +11,8 @@ import torch
 from torch import nn
 
 from pipeline_src.errors import MedrefError
-from pipeline_src.models.dispersive import (
-    VARIANTS,
-    DispersiveLoss,
-    dispersive_loss,
-    feature_dispersion,
-    hook_stage,
-    stage_for_reduction,
-)
+from pipeline_src.models.dispersive import VARIANTS, dispersive_loss, feature_dispersion
+from tests.dispersive_hooks import DispersiveLoss, hook_stage, stage_for_reduction
 
 # Three 2-D points: squared distances 1 (0-1), 4 (0-2), 5 (1-2); divided by d = 2: 0.5, 2, 2.5.
 Z3 = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)

@@ -75,6 +75,8 @@ def write_shards(root: Path, n_val: int = 5, n_test: int = 7, seed: int = 0) -> 
                 "split": label_rows["split"],
                 "text": label_rows["text"],
                 "text_regions": pa.array(label_rows["text_regions"], pa.list_(pa.int8())),
+                # the pseudo-label schema: eval reads labels with the same reader as training
+                "position_spans": pa.array([[]] * len(label_rows["id"]), pa.list_(pa.list_(pa.int32(), 2))),
             }
         ),
         labels,

@@ -174,7 +174,7 @@ def test_agrees_with_sgseg_where_captions_match(shared_data):
     assert agree / len(same) >= 0.99
 
 
-# ---- fuzz (issue 10) -----------------------------------------------------------------------------------------
+# ---- fuzz: random texts never crash the parser -----------------------------------------------------------------------
 
 _WORDS = [
     "left",

@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from pipeline_src.models.dispersive import dispersive_loss, hook_stage
+from pipeline_src.models.dispersive import dispersive_loss
 from pipeline_src.models.meddisseg import (
     MedDisSeg,
     MedDisSegConfig,
@@ -19,6 +19,7 @@ from pipeline_src.models.meddisseg import (
     TeLU,
     build,
 )
+from tests.dispersive_hooks import hook_stage
 
 FLAGS = [(False, False), (True, False), (False, True), (True, True)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -99,10 +100,15 @@ def test_text_changes_the_textguided_prediction():
 
 
 def test_alignment_score_perfect_and_region_readout():
-    emb = F.normalize(torch.eye(3, 8), dim=-1)
+    emb = F.normalize(torch.eye(3, 8), dim=-1).numpy()
     texts = ["a", "b", "c"]
-    regions = torch.tensor([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]])
-    s = alignment_score(emb, emb, texts, regions, torch.ones(3, dtype=torch.bool))
-    assert s["i2t_top1"] == 1 and s["i2t_region_exact"] == 1 and abs(s["chance_top1"] - 1 / 3) < 1e-6
-    s = alignment_score(emb, emb[[1, 0, 2]], texts, regions, torch.ones(3, dtype=torch.bool))
-    assert abs(s["i2t_top1"] - 1 / 3) < 1e-6 and abs(s["i2t_region_jaccard"] - 1 / 3) < 1e-6
+    regions = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]])
+    s = alignment_score(emb, emb, texts, regions)
+    assert s["top1"] == 1 and s["region_agreement"] == 1 and abs(s["top1_chance"] - 1 / 3) < 1e-6
+    s = alignment_score(emb, emb[[1, 0, 2]], texts, regions)
+    assert abs(s["top1"] - 1 / 3) < 1e-6 and abs(s["region_jaccard"] - 1 / 3) < 1e-6
+    unknown = regions.copy()
+    unknown[2] = -1  # a text whose regions are unknown leaves the region scores, not the retrieval score
+    s = alignment_score(emb, emb, texts, unknown)
+    assert s["top1"] == 1 and s["region_agreement"] == 1 and s["region_agreement_chance"] == 0.5
+    assert alignment_score(emb, emb, texts, None)["region_agreement"] is None

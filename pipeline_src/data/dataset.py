@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_src.data.shards import image_hw, is_class_index, load_manifest, read_table, row_views
+from pipeline_src.data.shards import image_hw, is_class_index, load_manifest, read_table, row_views, select_rows
 from pipeline_src.errors import MedrefError
 
 
@@ -61,11 +61,7 @@ class ShardDataset:
             rows = np.arange(len(all_ids))
             ids = all_ids
         else:
-            pos = {k: i for i, k in enumerate(all_ids)}
-            missing = [k for k in self.ids if k not in pos]
-            if missing:
-                raise MedrefError(f"{self.shards_dir}/{self.split}: {len(missing)} ids not in the shards, e.g. {missing[:5]}")
-            rows = np.asarray([pos[k] for k in self.ids], dtype=np.int64)
+            rows = select_rows(all_ids, self.ids, f"{self.shards_dir}/{self.split}")
             ids = self.ids
         h, w = image_hw(t)
         self._data = {

@@ -218,6 +218,17 @@ def read_table(shards_dir: str | Path, split: str, columns: list[str] | None = N
 _VERIFIED: set[tuple[str, int, int]] = set()
 
 
+def select_rows(all_ids: list[str], ids: list[str], where: str) -> np.ndarray:
+    """Row positions of ``ids`` (in the order given, e.g. a split file's) among a shard table's ``all_ids``; an id
+    the shards lack is a MedrefError naming ``where``, since labels/splits and shards are then out of step."""
+    pos = {k: i for i, k in enumerate(all_ids)}
+    missing = [k for k in ids if k not in pos]
+    if missing:
+        raise MedrefError(f"{where}: {len(missing)} ids not in the shards, e.g. {missing[:5]} (splits or labels were "
+                          "built from other shards: re-run `medref split` / `dvc repro`)")
+    return np.asarray([pos[k] for k in ids], dtype=np.int64)
+
+
 def verify_shards(shards_dir: str | Path, split: str) -> None:
     """Check each shard of ``split`` against its sha256 in manifest.json, once per process and file version.
 

@@ -25,7 +25,6 @@ here reads ../shared at run time.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# ---- statistics measured on the real LViT text (dev time; see measure_corpus) --------------------------------
+# ---- statistics measured on the real LViT text (dev time; see tools/measure_corpus.py) --------------------------------
 # "lat:left:right:count" — lat B(ilateral)/U(nilateral); per side "" (not named), "A" ("all"), or the named
-# thirds U(pper) M(iddle) L(ower) ("UML" is spelled out, "A" is written "all"). Measured with measure_corpus()
+# thirds U(pper) M(iddle) L(ower) ("UML" is spelled out, "A" is written "all"). Measured with tools/measure_corpus.py
 # on qata_sample/text/{train,test}.csv (9258 rows) and mosmed_text/*.csv (2729 rows); rows seen < 3 times dropped.
 _QATA_JOINT = (
     "B:A:A:2666 B:L:L:1816 U::L:680 U:L::470 B:A:L:366 B:ML:L:284 U:M::211 B:ML:ML:191 U::M:164 B:A:ML:153 "
@@ -326,33 +325,6 @@ def _write_csv(path: Path, rows: list[tuple[str, str]], sep: str, header: tuple[
             f.write(";".join(header) + "\n")
             for k, t in rows:
                 f.write(f"{k};{t}\n")
-
-
-def measure_corpus(csv_paths: list[Path]) -> dict:
-    """Dev-time helper: the tables above, recomputed from real text CSVs (``,`` or ``;`` separated)."""
-    from collections import Counter
-
-    joint: Counter = Counter()
-    counts: Counter = Counter()
-    for p in csv_paths:
-        with open(p, newline="") as f:
-            sep = ";" if f.readline().count(";") else ","
-            for row in csv.reader(f, delimiter=sep):
-                parts = [x.strip() for x in row[1].split(",")] if sep == "," else [x.strip() for x in row[1].split(",")]
-                if len(parts) < 3:
-                    continue
-                sides = {}
-                for ph in parts[2].rstrip(". ").split(" and "):
-                    w = ph.split()
-                    side = "L" if "left" in w else "R" if "right" in w else None
-                    code = "A" if "all" in w else "".join(c for t, c in zip(THIRDS, "UML", strict=True) if t in w)
-                    if side and code:
-                        sides[side] = code
-                word = parts[1].split()[0] if parts[1] else ""
-                if sides:
-                    joint[(parts[0][:1].upper(), sides.get("L", ""), sides.get("R", ""))] += 1
-                    counts[(len(sides), word)] += 1
-    return {"joint": joint, "counts": counts}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,9 +3,9 @@
     medref eval qata_10pct     # metrics/qata_10pct.json + eval/qata_10pct/
 
 The evaluation split is ``test`` when the shards have test rows, else ``val`` (CONTRACT.md; the real
-QaTa sample ships no test images). :func:`evaluate_predictor` is the one inference+metrics loop:
-training calls it for validation (``distances=False`` skips the slow surface metrics), so the
-numbers a run selects checkpoints by are computed exactly like the reported ones.
+QaTa sample ships no test images). :func:`evaluate_predictor` is the inference+metrics loop over a
+dataset (``distances=False`` skips the slow surface metrics); the per-image Dice/IoU rule it applies is
+``pipeline_src/evaluate/metrics.py``'s.
 
 Multi-class volumes (kind volumes): slices are re-stacked per case and scored in 3-D per class
 (:func:`evaluate_volumes`); per_sample.csv then has one row per case x class and per_class.md the table.
@@ -27,6 +27,8 @@ import numpy as np
 from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate import metrics as M
 from pipeline_src.evaluate import plots
+from pipeline_src.labels.table import read_labels
+from pipeline_src.models.alignment import alignment_score
 from pipeline_src.utils.io import atomic_dir, write_json
 
 OVERLAY_KINDS = ("best", "median", "worst")
@@ -34,16 +36,7 @@ OVERLAY_KINDS = ("best", "median", "worst")
 
 def read_regions(labels_file: Path) -> dict[str, tuple[int, ...] | None]:
     """id -> the 6 text-named regions (None when the text names none we can parse)."""
-    import pyarrow.parquet as pq
-
-    labels_file = Path(labels_file)
-    if not labels_file.exists():
-        raise MedrefError(f"{labels_file}: labels file not found (run `medref pseudolabel` first)")
-    t = pq.read_table(labels_file, columns=["id", "text_regions"]).to_pydict()
-    return {
-        i: (tuple(int(v) for v in r) if r is not None else None)
-        for i, r in zip(t["id"], t["text_regions"], strict=True)
-    }
+    return {i: lab.regions for i, lab in read_labels(labels_file).items()}
 
 
 def _region_matrix(ids: Sequence[str], regions: Mapping[str, tuple[int, ...] | None] | None) -> np.ndarray | None:
@@ -107,7 +100,7 @@ def evaluate_predictor(
     reg = _region_matrix(acc.ids, regions)
     summary = M.summarize(rows, reg)
     if want_embed and img_embs:
-        summary["alignment"] = alignment_scores(np.concatenate(img_embs), np.concatenate(txt_embs), acc.texts, reg)
+        summary["alignment"] = alignment_score(np.concatenate(img_embs), np.concatenate(txt_embs), acc.texts, reg)
     df = pd.DataFrame({"id": acc.ids, "text": acc.texts, **rows})
     if reg is not None:
         df["text_regions"] = ["" if (r < 0).any() else "".join(map(str, r)) for r in reg]
@@ -160,35 +153,6 @@ def evaluate_volumes(predictor: Any, dataset: Any, shards_dir: Path, batch_size:
         "labels": labels,
     }
     return summary, pd.DataFrame(rows, columns=list(CASE_COLUMNS))
-
-
-def alignment_scores(img: np.ndarray, txt: np.ndarray, texts: Sequence[str], regions: np.ndarray | None) -> dict:
-    """Image->text retrieval among the evaluation set, with its chance level.
-
-    top1: the nearest text (cosine) is the sample's own text; identical texts count as the same
-    (QaTa repeats report sentences verbatim). region_agreement: the retrieved text names the same
-    6-region set (samples with unknown regions are left out).
-    """
-    img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
-    txt = txt / np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
-    nn = np.argmax(img @ txt.T, axis=1)
-    t = np.asarray(texts, dtype=object)
-    same_text = t[:, None] == t[None, :]
-    out = {
-        "n": len(t),
-        "top1": float(np.mean(t[nn] == t)),
-        "top1_chance": float(same_text.mean()),
-        "region_agreement": None,
-        "region_agreement_chance": None,
-    }
-    if regions is not None:
-        known = ~(regions < 0).any(axis=1)
-        sel = known & known[nn]
-        if sel.any():
-            same = (regions[:, None, :] == regions[None, :, :]).all(axis=2)
-            out["region_agreement"] = float(np.mean(same[np.arange(len(t)), nn][sel]))
-            out["region_agreement_chance"] = float(same[np.ix_(known, known)].mean())
-    return out
 
 
 def select_overlays(per_sample, k: int) -> list[tuple[str, int, int]]:

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Text-named lung regions; "left" is IMAGE-left. Same order as pipeline_src.labels (CONTRACT.md).
-REGIONS = ("left-upper", "left-middle", "left-lower", "right-upper", "right-middle", "right-lower")
+# Text-named lung regions ("left" is IMAGE-left), owned by the parser that produces the region vectors.
+from pipeline_src.labels.text_parser import REGIONS
+from pipeline_src.models.metrics import dice_iou_from_counts  # the one Dice rule, shared with training
 
 # Per-sample columns, in CSV order (per_sample.csv).
 COLUMNS = (
@@ -79,16 +80,6 @@ def confusion(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     fn = (~p & g).sum(axis=(1, 2), dtype=np.int64)
     tn = p[0].size - tp - fp - fn
     return tp, fp, fn, tn
-
-
-def dice_iou_from_counts(tp, fp, fn) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and IoU from counts; both-empty (tp+fp+fn == 0) is a perfect 1."""
-    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
-    denom = 2 * tp + fp + fn
-    empty = denom == 0
-    dice = np.where(empty, 1.0, 2 * tp / np.where(empty, 1, denom))
-    iou = np.where(empty, 1.0, tp / np.where(empty, 1, tp + fp + fn))
-    return dice, iou
 
 
 def _ratio(num, den) -> np.ndarray:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # importing the package (e.g. for models.params) must not pul
 ARCHS: dict[str, Callable | str] = {
     "textguided": "pipeline_src.models.segmodel:build_textguided",
     "image_only": "pipeline_src.models.segmodel:build_image_only",
-    # Med-DisSeg (issue 6): structure-sensitive attention encoder + adaptive multi-scale calibration decoder.
+    # Med-DisSeg: structure-sensitive attention encoder + adaptive multi-scale calibration decoder.
     "meddisseg": "pipeline_src.models.meddisseg:build",
 }
 

@@ -86,7 +86,7 @@ def itcl(img_emb: torch.Tensor, txt_emb: torch.Tensor, regions: torch.Tensor, kn
 
 
 def dispersive(z: torch.Tensor, cfg) -> torch.Tensor:
-    """Dispersive loss on one encoder stage's features (Med-DisSeg, issue 6), via its own module.
+    """Dispersive loss on one encoder stage's features (Med-DisSeg), via its own module.
 
     Extension point: ``pipeline_src.models.dispersive.dispersive_loss(z [B,...], variant, tau, eps, include_diagonal) -> scalar``,
     with ``cfg`` the ``train.dispersive`` params block. Imported lazily so the text-guided

@@ -7,7 +7,7 @@ it is the smoother, better model in mean-teacher practice).
 
 Registry: ``METHODS`` below (explicit, no folder scanning). Names must match ``pipeline_src.params.METHODS``.
 
-Extension points for Med-DisSeg (issue 6): ``train.dispersive.weight > 0`` adds the dispersive loss on
+Extension points for Med-DisSeg (the dispersive-loss paper): ``train.dispersive.weight > 0`` adds the dispersive loss on
 ``feats[train.dispersive.stage]`` of the student's labelled forward pass for *any* method; the ``meddisseg``
 method is the supervised loss on the ``meddisseg`` architecture (``pipeline_src.models.ARCHS``).
 """

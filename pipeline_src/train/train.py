@@ -30,7 +30,9 @@ import torch
 from tqdm import tqdm
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.labels.table import Label, read_labels
 from pipeline_src.models import build_model
+from pipeline_src.models.metrics import dice_iou_from_counts
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.train.methods import METHODS
@@ -70,28 +72,15 @@ class Split:
         }
 
 
-def read_labels(labels_file: Path) -> dict[str, tuple]:
-    import pyarrow.parquet as pq
-
-    if not Path(labels_file).is_file():
-        raise MedrefError(f"{labels_file}: pseudo-label file not found (run `medref pseudolabel` first)")
-    t = pq.read_table(labels_file, columns=["id", "text_regions", "position_spans"]).to_pylist()
-    return {r["id"]: (r["text_regions"], [tuple(s) for s in (r["position_spans"] or [])]) for r in t}
-
-
-def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict[str, tuple]) -> Split:
-    from pipeline_src.data.shards import decode_images, decode_masks, read_table
+def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict[str, Label]) -> Split:
+    from pipeline_src.data.shards import decode_images, decode_masks, read_table, select_rows
 
     table = read_table(shards_dir, split, columns=["id", "image", "mask", "height", "width", "text"])
     all_ids = table.column("id").to_pylist()
     if ids is None:
         rows = list(range(len(all_ids)))
     else:
-        where = {k: i for i, k in enumerate(all_ids)}
-        missing = [k for k in ids if k not in where]
-        if missing:
-            raise MedrefError(f"{shards_dir}/{split}: {len(missing)} split ids not in the shards, e.g. {missing[:3]}")
-        rows = [where[k] for k in ids]  # split-file order (sorted ids): independent of shard layout
+        rows = select_rows(all_ids, ids, f"{shards_dir}/{split}").tolist()  # split-file order: not shard layout
     table = table.take(rows)
     ids_sel = table.column("id").to_pylist()
     texts = [t or "" for t in table.column("text").to_pylist()]
@@ -219,8 +208,9 @@ def precise_bn(net, splits: list[Split], n_batches: int, bs: int, tokenize, devi
 
 @torch.no_grad()
 def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 32) -> dict:
-    """Mean per-image Dice at 0.5 on the first ``n_max`` val images (a quick learning-curve signal; the real
-    evaluation is the eval stage)."""
+    """Mean per-image Dice at 0.5 on the first ``n_max`` val images: for a binary model the number ``medref eval``
+    reports (``dice``) for the same images with ``min_component_size`` 0. Multi-class: per-class Dice pooled over
+    the val slices (eval scores re-stacked 3-D cases instead)."""
     n = min(len(val), n_max)
     if n == 0:
         return {}
@@ -240,15 +230,18 @@ def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 
             inter_c = inter_c + (pred * gt).sum(0)
             den_c = den_c + pred.sum(0) + gt.sum(0)
             continue
-        pred = (logits > 0).float()
-        inter = (pred * b["masks"]).flatten(1).sum(1)
-        den = pred.flatten(1).sum(1) + b["masks"].flatten(1).sum(1)
-        dices.append(torch.where(den > 0, 2 * inter / den.clamp_min(1), torch.ones_like(den)))
+        # eval's rule: sigmoid probability > 0.5, then per-image counts -> Dice (models.metrics)
+        pred = torch.sigmoid(logits) > 0.5
+        gt = b["masks"] > 0
+        tp = (pred & gt).flatten(1).sum(1)
+        fp = (pred & ~gt).flatten(1).sum(1)
+        fn = (~pred & gt).flatten(1).sum(1)
+        dices.append(dice_iou_from_counts(tp.cpu().numpy(), fp.cpu().numpy(), fn.cpu().numpy())[0])
     net.train(was)
     if not dices:  # multi-class: mean over foreground classes present (prediction or truth) of the slice Dice
         d = (2 * inter_c / den_c.clamp_min(1))[1:][den_c[1:] > 0]
         return {"val_dice": float(d.float().mean())} if len(d) else {}
-    return {"val_dice": float(torch.cat(dices).mean())}
+    return {"val_dice": float(np.concatenate(dices).mean())}
 
 
 @torch.no_grad()
@@ -264,9 +257,10 @@ def val_alignment(net, val: Split, n_max: int, tokenize, device) -> dict:
     b = val.batch(list(range(n)), device)
     out = net(b["images"], tokenize(b["texts"]).to(device))
     net.train(was)
-    img = torch.nn.functional.normalize(out["img_emb"].float(), dim=-1).cpu()
-    txt = torch.nn.functional.normalize(out["txt_emb"].float(), dim=-1).cpu()
-    return {f"val_{k}": v for k, v in alignment_score(img, txt, b["texts"], b["regions"], b["known"]).items()}
+    regions = torch.where(b["known"][:, None], b["regions"], torch.full_like(b["regions"], -1)).numpy()
+    score = alignment_score(out["img_emb"].float().cpu().numpy(), out["txt_emb"].float().cpu().numpy(), b["texts"],
+                            regions)
+    return {f"val_{k}": v for k, v in score.items() if v is not None and k != "n"}  # the curve logs numbers only
 
 
 # ---- the stage: setup -> fit -> export ----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ rule eval:
         labels_of,
         "data/splits/{regime}.json",
         SHARED_CODE,
+        "pipeline_src/labels/table.py",
+        "pipeline_src/labels/text_parser.py",
         "pipeline_src/provenance.py",
         "pipeline_src/data/shards.py",
         "pipeline_src/data/dataset.py",

@@ -6,6 +6,8 @@ rule report:
         expand("metrics/{regime}.json", regime=REGIMES),
         expand("eval/{regime}", regime=REGIMES),
         SHARED_CODE,
+        "pipeline_src/labels/text_parser.py",
+        "pipeline_src/models/metrics.py",
         "pipeline_src/data/shards.py",
         "pipeline_src/data/volumes.py",
         "pipeline_src/evaluate/report.py",

@@ -13,6 +13,7 @@ rule train:
         labels_of,
         "data/splits/{regime}.json",
         SHARED_CODE,
+        "pipeline_src/labels/table.py",
         "pipeline_src/provenance.py",
         "pipeline_src/data/shards.py",
         "pipeline_src/data/splits.py",
