@@ -31,21 +31,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Defaults = the values in params.yaml (fitted on the real QaTa train sample; see ``fit``).
-DEFAULTS = {
-    "band_upper": 0.28,
-    "band_lower": 0.34,
-    "min_region_fraction": 0.05,
-    "image_band_upper": 0.30,
-    "image_band_lower": 0.34,
-    "dark_percentile": 15.0,
-    "smooth_sigma": 2.0,
-    "min_lung_row_pixels": 3,
-}
+from pipeline_src.labels.params import PseudolabelParams
+
+# The constants live once, in params.yaml's ``pseudolabel`` section; PseudolabelParams' defaults equal it
+# (tests/test_params_defaults.py), so a caller that passes no params gets the same values the pipeline uses.
+DEFAULTS = PseudolabelParams().model_dump()
 
 
-def lung_field(image: np.ndarray, mask: np.ndarray | None = None, *, dark_percentile: float = 15.0,
-               smooth_sigma: float = 2.0) -> np.ndarray:
+def lung_field(image: np.ndarray, mask: np.ndarray | None = None, *, dark_percentile: float,
+               smooth_sigma: float) -> np.ndarray:
     """bool [H,W]: dark, enclosed structures of the X-ray (the aerated lung) united with the lesion."""
     from scipy import ndimage as ndi  # scipy is torch-free; imported lazily to keep `medref regions` start-up fast
 
