@@ -41,3 +41,21 @@ def test_validation_dice_equals_eval_dice_on_the_same_predictions():
                                       progress=False)
     assert got == summary["dice"]
     assert per["dice"].nunique() > 1  # not a trivially constant score
+
+
+def test_multiclass_dice_rule_is_shared_by_case_metrics():
+    """3-D case metrics and the multi-class validation curve score classes with the same rule: absent from both
+    sides -> NaN (excluded), one side empty -> 0."""
+    import numpy as np
+
+    from pipeline_src.evaluate.multiclass import case_metrics
+    from pipeline_src.models.metrics import class_dice_from_counts
+
+    gt = np.zeros((2, 4, 4), np.uint8)
+    pred = np.zeros_like(gt)
+    gt[0, :2, :2] = 1
+    pred[0, :2, :3] = 1  # class 1: 4 true, 6 predicted, 4 overlap -> 0.8
+    pred[1, 0, 0] = 3  # class 3: predicted, absent from the truth -> 0; class 2 absent from both -> NaN
+    d = case_metrics(pred, gt, (1.0, 1.0, 1.0), n_classes=4)["dice"]
+    assert d[0] == 0.8 and np.isnan(d[1]) and d[2] == 0.0
+    np.testing.assert_array_equal(class_dice_from_counts([4, 0, 0], [6, 0, 1], [4, 0, 0]), d)

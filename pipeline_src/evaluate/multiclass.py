@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.models.metrics import class_dice_from_counts
 
 CASE_COLUMNS = ("case_id", "class_index", "class_name", "dice", "hd95", "gt_voxels", "pred_voxels")
 
@@ -71,7 +72,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], n_c
     p_cnt = np.bincount(pred.ravel().astype(np.int64), minlength=n_classes)[1:].astype(np.int64)
     inter = np.bincount(gt[gt == pred].ravel().astype(np.int64), minlength=n_classes)[1:].astype(np.int64)
     den = g_cnt + p_cnt
-    dice = np.where(den > 0, 2.0 * inter / np.maximum(den, 1), np.nan)
+    dice = class_dice_from_counts(inter, p_cnt, g_cnt)
     diag = _diagonal_mm(gt.shape, spacing)
     hd95 = np.where(den > 0, diag, np.nan)  # one side empty -> diagonal; both empty -> NaN (table above)
     both = (g_cnt > 0) & (p_cnt > 0)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pipeline_src.errors import MedrefError
 from pipeline_src.labels.table import Label, read_labels
 from pipeline_src.models import build_model
-from pipeline_src.models.metrics import dice_iou_from_counts
+from pipeline_src.models.metrics import class_dice_from_counts, dice_iou_from_counts
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.train.methods import METHODS
@@ -217,7 +217,7 @@ def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 
     was = net.training
     net.eval()
     dices = []
-    inter_c = den_c = 0  # multi-class: per-class sums over the val slices
+    inter_c = pred_c = gt_c = 0  # multi-class: per-class sums over the val slices
     for i in range(0, n, bs):
         b = val.batch(list(range(i, min(n, i + bs))), device)
         tokens = tokenize(b["texts"]).to(device) if net.uses_text else None
@@ -228,7 +228,7 @@ def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 
             pred = torch.nn.functional.one_hot(logits.argmax(1), c).flatten(0, 2)
             gt = torch.nn.functional.one_hot(b["masks"][:, 0].long(), c).flatten(0, 2)
             inter_c = inter_c + (pred * gt).sum(0)
-            den_c = den_c + pred.sum(0) + gt.sum(0)
+            pred_c, gt_c = pred_c + pred.sum(0), gt_c + gt.sum(0)
             continue
         # eval's rule: sigmoid probability > 0.5, then per-image counts -> Dice (models.metrics)
         pred = torch.sigmoid(logits) > 0.5
@@ -238,9 +238,9 @@ def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 
         fn = (~pred & gt).flatten(1).sum(1)
         dices.append(dice_iou_from_counts(tp.cpu().numpy(), fp.cpu().numpy(), fn.cpu().numpy())[0])
     net.train(was)
-    if not dices:  # multi-class: mean over foreground classes present (prediction or truth) of the slice Dice
-        d = (2 * inter_c / den_c.clamp_min(1))[1:][den_c[1:] > 0]
-        return {"val_dice": float(d.float().mean())} if len(d) else {}
+    if not dices:  # multi-class: mean over the foreground classes present (prediction or truth), pooled over slices
+        d = class_dice_from_counts(inter_c.cpu().numpy(), pred_c.cpu().numpy(), gt_c.cpu().numpy())[1:]
+        return {"val_dice": float(np.nanmean(d))} if np.isfinite(d).any() else {}
     return {"val_dice": float(np.concatenate(dices).mean())}
 
 
