@@ -1,6 +1,7 @@
 """Lesion mask (+ the X-ray) -> the 6 lung regions of ``text_parser.REGIONS``.
 
-    .venv/bin/python -m pipeline_src.labels.mask_regions fit ../shared/data/qata_sample   # refit the constants
+    medref pseudolabel qata        # uses mask_to_regions on every shard row
+    PYTHONPATH=. .venv/bin/python tools/fit_mask_regions.py ../shared/data/qata_sample   # refit the constants
 
 The rule, and why:
 
@@ -26,7 +27,6 @@ The three numbers (band_upper, band_lower, min_region_fraction) are fitted by ``
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,35 +199,3 @@ def load_qata_sample(root, split: str) -> tuple[list[str], np.ndarray, np.ndarra
     images = np.stack([np.array(Image.open(root / split / "images" / n).convert("L")) for n in names])
     masks = np.stack([np.array(Image.open(root / split / "masks" / f"mask_{n}").convert("L")) > 127 for n in names])
     return names, images, masks.astype(np.uint8), [texts[f"mask_{n}".lower()] for n in names]
-
-
-def _main(argv: list[str]) -> None:
-    import json
-
-    from pipeline_src.labels.text_parser import parse
-
-    if len(argv) != 2 or argv[0] != "fit":
-        sys.exit("usage: python -m pipeline_src.labels.mask_regions fit <qata_sample folder>")
-    _, im_tr, m_tr, t_tr = load_qata_sample(argv[1], "train")
-    _, im_va, m_va, t_va = load_qata_sample(argv[1], "valid")
-    r_tr, r_va = [parse(t).regions for t in t_tr], [parse(t).regions for t in t_va]
-    # the lung-field detector's percentile is chosen on train too (best train exact match), never on valid
-    fits = {dp: fit(m_tr, r_tr, im_tr, dark_percentile=dp) for dp in (10.0, 15.0, 20.0)}
-    dark = max(fits, key=lambda dp: (fits[dp]["train"]["exact"], -dp))
-    with_image = fits[dark]
-    without = fit(m_tr, r_tr, None)
-    params = {"dark_percentile": dark,
-              **{k: with_image[k] for k in ("band_upper", "band_lower", "min_region_fraction")},
-              **{k: without[k] for k in ("image_band_upper", "image_band_lower")}}
-    # the image-less fit may pick its own threshold; report it, but one threshold is shipped (the lung-field one)
-    out = {"params": params, "train_lung_field": with_image["train"], "train_image_bands": without["train"],
-           "image_bands_threshold": without["min_region_fraction"]}
-    for name, ims in (("valid_lung_field", im_va), ("valid_image_bands", None)):
-        pred = [mask_to_regions(m, None if ims is None else ims[i], **params) for i, m in enumerate(m_va)]
-        ok = [i for i, r in enumerate(r_va) if r is not None and pred[i] is not None]
-        out[name] = agreement(np.array([pred[i] for i in ok]), np.array([r_va[i] for i in ok])).as_dict()
-    print(json.dumps(out, indent=2))
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])

@@ -9,7 +9,7 @@ class PseudolabelParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Fitted on the real QaTa TRAIN sample only by
-    #   .venv/bin/python -m pipeline_src.labels.mask_regions fit ../shared/data/qata_sample
+    #   PYTHONPATH=. .venv/bin/python tools/fit_mask_regions.py ../shared/data/qata_sample
     # (grid search for the exact 6-region match with the parsed text); see mask_regions.py for the rule.
     # a region counts when it holds at least this share of its side's lesion pixels
     min_region_fraction: float = Field(0.05, ge=0.0, le=1.0)

@@ -1,7 +1,6 @@
 """Report text -> 6-region lesion positions (torch-free, pure Python + ``re``).
 
     .venv/bin/python -m pipeline_src.labels.text_parser "Bilateral pulmonary infection, two infected areas, ..."
-    .venv/bin/python -m pipeline_src.labels.text_parser --coverage      # coverage on ../shared/data's real corpus
 
 Region order is ``REGIONS``; "left" is IMAGE-left, the way the LViT QaTa/MosMed texts use it.
 
@@ -352,32 +351,7 @@ def flip_regions(regions: tuple[int, ...] | None) -> tuple[int, ...] | None:
     return r[3:] + r[:3]
 
 
-def _coverage() -> None:
-    """Print the share of real texts (../shared/data) that get a region vector."""
-    import csv
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    files = {
-        "qata/train.csv": (root / "qata_sample/text/train.csv", ",", "Description"),
-        "qata/test.csv": (root / "qata_sample/text/test.csv", ",", "Description"),
-    }
-    for name in ("train", "val", "test"):
-        files[f"mosmed/{name}.csv"] = (root / f"mosmed_text/{name}.csv", ";", "text")
-    for name, (path, sep, col) in files.items():
-        with open(path, newline="") as f:
-            texts = [row[col] for row in csv.DictReader(f, delimiter=sep, quoting=csv.QUOTE_MINIMAL)]
-        ps = [parse(t) for t in texts]
-        known = sum(p.regions is not None for p in ps)
-        zeros = sum(p.regions == (0,) * 6 for p in ps)
-        counts = sum(p.n_areas is not None for p in ps)
-        print(f"{name:18s} n={len(ps):5d} regions={known / len(ps):.4f} (all-zero {zeros}) n_areas={counts / len(ps):.4f}")
-
-
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--coverage"]:
-        _coverage()
-    else:
-        for arg in sys.argv[1:]:
-            p = parse(arg)
-            print(p.regions, p.n_areas, [arg[s:e] for s, e in p.spans])
+    for arg in sys.argv[1:]:
+        p = parse(arg)
+        print(p.regions, p.n_areas, [arg[s:e] for s, e in p.spans])
