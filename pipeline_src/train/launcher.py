@@ -47,7 +47,7 @@ CLUSTER_CONFIG_ENV = "MEDREF_CLUSTER_CONFIG"
 DEFAULT_CLUSTER_CONFIG = Path("workflow/profiles/slurm/cluster.yaml")
 # What both launchers call, as "module:function" or "/path/to/file.py:function". A string
 # (not the function) so the SLURM job imports it itself; tests point it at a stand-in.
-TRAIN_TARGET = "pipeline_src.train.train:run"
+TRAIN_TARGET = REAL_TRAIN_TARGET = "pipeline_src.train.train:run"
 POLL_S = 0.5
 
 
@@ -255,8 +255,10 @@ def launch(
     params.regime(regime)  # unknown regime -> one clear error before anything is submitted
     from pipeline_src.params import Params
 
-    if isinstance(params, Params):  # launcher unit tests pass a stand-in object with nothing to check
-        # every check that can fail, on this host, BEFORE a SLURM job is queued (train.run repeats it: cheap)
+    # Every check train.run can fail, on this host, BEFORE a SLURM job is queued (train.run repeats it: cheap).
+    # The checks are train.run's own requirements: a stand-in target (the launcher tests) or stand-in params
+    # object has none of them.
+    if isinstance(params, Params) and TRAIN_TARGET == REAL_TRAIN_TARGET:
         from pipeline_src.train.preflight import preflight
 
         preflight(params, regime, shards_dir=Path(shards_dir), labels_file=Path(labels_file),
