@@ -21,9 +21,7 @@ Normalised raw layout (what preprocess reads):
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
 import gzip
 import lzma
 import shutil
@@ -35,7 +33,15 @@ from pathlib import Path, PurePosixPath
 
 from pipeline_src.data import layouts, synthetic
 from pipeline_src.errors import MedrefError
-from pipeline_src.utils.io import atomic_dir, scratch_beside, sha256_file, sha256_json, sha256_tree, write_json
+from pipeline_src.utils.io import (
+    atomic_dir,
+    disk_full_is_error,
+    scratch_beside,
+    sha256_file,
+    sha256_json,
+    sha256_tree,
+    write_json,
+)
 
 DOWNLOADS = Path("data/downloads")
 # bump when the synthetic generator's output changes, so cached raw folders are regenerated
@@ -267,22 +273,15 @@ def _space_needed(kind_src: str, path: Path | None) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _disk_full_is_error(out_dir: Path, dataset: str, kind_src: str, path: Path | None):
-    """ENOSPC/EDQUOT while extracting or copying -> one MedrefError (the scratch and temp dirs are removed by
-    the context managers inside, so nothing half-written stays)."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
+def _disk_full(out_dir: Path, dataset: str, kind_src: str, path: Path | None):
+    def message(e: OSError) -> str:
         need = _space_needed(kind_src, path)
         size = f"about {need / 2**20:.0f} MiB free" if need else "more free space"
-        raise MedrefError(
-            f"{out_dir.parent.resolve()}: disk full while writing {out_dir.name} ({e.strerror}); nothing was "
-            f"written. `medref download` needs {size} there (extracted archive + normalised copy): free it "
-            f"(`df -h {out_dir.parent}`) and re-run `medref download {dataset}`"
-        ) from e
+        return (f"{out_dir.parent.resolve()}: disk full while writing {out_dir.name} ({e.strerror}); nothing was "
+                f"written. `medref download` needs {size} there (extracted archive + normalised copy): free it "
+                f"(`df -h {out_dir.parent}`) and re-run `medref download {dataset}`")
+
+    return disk_full_is_error(message)
 
 
 def run(params, dataset: str, out_dir: Path) -> Path:
@@ -294,7 +293,7 @@ def run(params, dataset: str, out_dir: Path) -> Path:
         _log(f"{out_dir} is up to date with {dp.source} (checksums match); nothing to do")
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _disk_full_is_error(out_dir, dataset, kind_src, path):
+    with _disk_full(out_dir, dataset, kind_src, path):
         if dp.kind == "volumes":
             return _run_volumes(dp, dataset, kind_src, path, source_digest, out_dir)
         pairs = _run_pairs(dp, dataset, kind_src, path, source_digest, out_dir)

@@ -36,7 +36,7 @@ from pipeline_src.models.metrics import class_dice_from_counts, dice_iou_from_co
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.train.methods import METHODS
-from pipeline_src.utils.io import atomic_dir, sha256_file, sha256_json, write_json
+from pipeline_src.utils.io import atomic_dir, disk_full_is_error, sha256_file, sha256_json, write_json
 
 # Keys that do not change the result: a checkpoint written under other values still resumes.
 NON_RESULT_KEYS = ("max_steps", "checkpoint_every", "val_max", "compile", "device", "small_labelled")
@@ -372,7 +372,7 @@ def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_fil
 
 def save_checkpoint(s: RunState) -> None:
     path = s.paths["run_dir"] / ckpt_io.CHECKPOINT
-    with disk_full_is_error(path, s.regime):
+    with _disk_full(path, s.regime):
         ckpt_io.save_torch({
             "modules": s.method.modules.state_dict(), "optimizer": s.opt.state_dict(), "step": s.step,
             "history": s.history, "acc": s.acc, "rng": ckpt_io.rng_state(), "fingerprint": s.fingerprint,
@@ -445,7 +445,7 @@ def export(s: RunState, params, out_dir: Path) -> Path:
               "n_unlabelled": len(s.unl) if s.unl else 0, "batch_size": s.bs_l, "unlabelled_batch_size": s.bs_u,
               "device": s.device.type, "train": cfg.model_dump(mode="json")}
     p = s.paths
-    with disk_full_is_error(out_dir, s.regime), atomic_dir(out_dir) as tmp:
+    with _disk_full(out_dir, s.regime), atomic_dir(out_dir) as tmp:
         sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         ckpt_io.save_torch({"state_dict": sd, "model_config": cfg.model.model_dump(mode="json"),
                             "method": s.method_name, "regime": s.regime}, tmp / "model.pt")
@@ -461,23 +461,17 @@ def export(s: RunState, params, out_dir: Path) -> Path:
     return out_dir
 
 
-@contextlib.contextmanager
-def disk_full_is_error(path: Path, regime: str):
-    """ENOSPC/EDQUOT while writing a checkpoint or the model folder -> one MedrefError naming the path and the disk
-    (the atomic writers have already removed their partial temp file or folder)."""
-    import errno
-    import shutil
+def _disk_full(path: Path, regime: str):
+    def message(e: OSError) -> str:
+        import shutil
 
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
         where = Path(path).resolve().parent
         free = shutil.disk_usage(where).free / 2**20 if where.exists() else float("nan")
-        raise MedrefError(f"{path}: disk full while writing it ({e.strerror}; {free:.0f} MiB free on the filesystem "
-                          f"of {where}); nothing partial was left at that path. Free space and re-run "
-                          f"`medref train {regime}` (it resumes from its last checkpoint)") from e
+        return (f"{path}: disk full while writing it ({e.strerror}; {free:.0f} MiB free on the filesystem of {where}); "
+                f"nothing partial was left at that path. Free space and re-run `medref train {regime}` (it resumes "
+                "from its last checkpoint)")
+
+    return disk_full_is_error(message)
 
 
 def _provenance(params, regime, shards_dir, labels_file, split_file, steps: int) -> dict:

@@ -151,6 +151,20 @@ def sweep_stale_temps(path: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
+def disk_full_is_error(message) -> Iterator[None]:
+    """ENOSPC/EDQUOT raised inside -> one MedrefError whose text is ``message(error)`` (the stage names the path, the
+    space it needs and how to re-run). The atomic writers inside have already removed their partial temp output."""
+    import errno
+
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(e):
+            raise
+        raise MedrefError(message(e)) from e
+
+
+@contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success fsync and rename it to ``path``."""
     path = Path(path)
