@@ -174,8 +174,13 @@ def test_job_failure_surfaces_traceback(slurm_cluster, stub, ws, tmp_path, monke
     assert "failed" in msg and "ValueError: stub: asked to fail" in msg and "Traceback" in msg
 
 
+# The child stands for `medref train` in a terminal, where Ctrl-C raises KeyboardInterrupt. A process started
+# from a non-interactive shell's background job inherits SIGINT as *ignored* (CI drivers often start runs that
+# way), and Python then never raises KeyboardInterrupt: restore the terminal's behaviour explicitly.
 _CLI = """
+import signal
 import sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pipeline_src.train import launcher
 launcher.TRAIN_TARGET = {target!r}
 from pipeline_src import cli
