@@ -29,4 +29,15 @@ rule all:
     default_target: True
     input:
         expand("metrics/{regime}.json", regime=REGIMES),
+        expand("studies/{study}.json", study=STUDIES),
         "reports",
+
+
+# One target per study: `snakemake --profile slurm study_qata` (DVC: `dvc repro study@qata`).
+for _study in STUDIES:
+
+    rule:
+        name:
+            f"study_{_study}"
+        input:
+            f"studies/{_study}.json",

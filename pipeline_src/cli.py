@@ -7,9 +7,11 @@ nothing else. Heavy modules (torch, pyarrow) are imported inside the handlers so
     medref download qata          # data/raw/qata/
     medref preprocess qata        # data/shards/qata/
     medref pseudolabel qata       # data/labels/qata.parquet + data/labels/qata.agreement.json
-    medref split qata_10pct       # data/splits/qata_10pct.json
-    medref train qata_10pct       # models/qata_10pct/
+    medref grid                   # workflow/grid.yaml: the study grid's runs, for dvc.yaml
+    medref split qata_10pct       # data/splits/qata_10pct.json (every run at qata, 10 %)
+    medref train qata_10pct       # models/qata_10pct/ (the headline: Semi-MedRef, 10 %, seed 0)
     medref eval qata_10pct        # metrics/qata_10pct.json + eval/qata_10pct/
+    medref study qata             # studies/qata.json + studies/qata/
     medref report                 # reports/
 
 Paths are relative to the repository root (the folder with dvc.yaml and params.yaml). Started
@@ -30,7 +32,7 @@ from pipeline_src import paths
 DEFAULT_PARAMS = "params.yaml"
 # Arguments that name files or folders: made absolute before medref moves to the repository root.
 PATH_ARGS = ("params", "out", "raw", "shards", "labels", "split", "run_dir", "model", "eval_dir", "metrics",
-             "eval_root", "texts_file")
+             "eval_root", "texts_file", "summary")
 
 
 def _params_file(args: argparse.Namespace) -> Path:
@@ -93,30 +95,70 @@ def cmd_pseudolabel(args: argparse.Namespace) -> None:
     )
 
 
+def _grid_params(args: argparse.Namespace):
+    """Params for a stage DVC runs from workflow/grid.yaml: under DVC (it sets DVC_STAGE), a stale grid file is
+    refused, because the stage's tracked params came from it."""
+    from pipeline_src import params
+
+    if os.environ.get("DVC_STAGE"):
+        params.require_current_grid(_params_file(args))
+    return _params(args)
+
+
 def cmd_split(args: argparse.Namespace) -> None:
     from pipeline_src.data import splits
 
     p = _params(args)
-    r = p.regime(args.regime)
+    dataset, _ = p.split_of(args.split_name)
     splits.run(
         p,
-        args.regime,
-        shards_dir=Path(args.shards or paths.shards_dir(r.dataset)),
-        out_file=Path(args.out or paths.split_file(args.regime)),
+        args.split_name,
+        shards_dir=Path(args.shards or paths.shards_dir(dataset)),
+        out_file=Path(args.out or paths.split_file(args.split_name)),
+    )
+
+
+def cmd_grid(args: argparse.Namespace) -> None:
+    from pipeline_src import params
+    from pipeline_src.utils.io import write_text
+
+    text = params.grid_text(params.load_raw(_params_file(args)))
+    out = Path(args.out or params.GRID_FILE)
+    if args.check:
+        if not out.is_file() or out.read_text(encoding="utf-8") != text:
+            raise params.ParamsError(f"{out} is stale: run `medref grid`")
+        print(f"[grid] {out} is current")
+        return
+    write_text(out, text)
+    doc = params.grid_document(params.load_raw(_params_file(args)))
+    print(f"[grid] {len(doc['runs'])} runs, {len(doc['splits'])} splits, {len(doc['study_runs'])} studies -> {out}")
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from pipeline_src.evaluate import study
+
+    p = _grid_params(args)
+    study.run(
+        p,
+        args.study,
+        metrics_dir=Path(args.metrics or paths.METRICS),
+        eval_root=Path(args.eval_root or paths.EVAL),
+        out_dir=Path(args.out or paths.study_dir(args.study)),
+        summary_file=Path(args.summary or paths.study_file(args.study)),
     )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from pipeline_src.train import launcher
 
-    p = _params(args)
+    p = _grid_params(args)
     r = p.regime(args.regime)
     launcher.launch(
         p,
         args.regime,
         shards_dir=Path(args.shards or paths.shards_dir(r.dataset)),
         labels_file=Path(args.labels or paths.labels_file(r.dataset)),
-        split_file=Path(args.split or paths.split_file(args.regime)),
+        split_file=Path(args.split or paths.split_file(r.split)),
         out_dir=Path(args.out or paths.model_dir(args.regime)),
         run_dir=Path(args.run_dir or paths.run_dir(args.regime)),
         launcher=args.launcher,
@@ -128,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from pipeline_src.evaluate import evaluate
 
-    p = _params(args)
+    p = _grid_params(args)
     r = p.regime(args.regime)
     evaluate.run(
         p,
@@ -200,10 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="labels file (default: data/labels/<dataset>.parquet)")
     sp.add_argument("--metrics", help="agreement metrics (default: data/labels/<dataset>.agreement.json)")
 
-    sp = add("split", cmd_split, "Seeded, nested labelled/unlabelled selection of training ids for a regime.")
-    sp.add_argument("regime")
-    sp.add_argument("--shards", help="shards folder (default: data/shards/<regime's dataset>)")
-    sp.add_argument("--out", help="split file (default: data/splits/<regime>.json)")
+    sp = add("split", cmd_split, "Seeded, nested labelled/unlabelled selection of training ids at one fraction.")
+    sp.add_argument("split_name", metavar="split", help="<dataset>_<pct>pct, e.g. qata_10pct (shared by every run at that fraction)")
+    sp.add_argument("--shards", help="shards folder (default: data/shards/<dataset>)")
+    sp.add_argument("--out", help="split file (default: data/splits/<split>.json)")
+
+    sp = add("grid", cmd_grid, "Write workflow/grid.yaml, the study grid's runs that dvc.yaml iterates over.")
+    sp.add_argument("--out", help="grid file (default: workflow/grid.yaml)")
+    sp.add_argument("--check", action="store_true", help="only check that the grid file is current")
+
+    sp = add("study", cmd_study, "Aggregate a study's runs: mean +- std, paired deltas + CIs, verdicts, plots.")
+    sp.add_argument("study")
+    sp.add_argument("--metrics", help="metrics folder (default: metrics)")
+    sp.add_argument("--eval-root", help="per-run eval folders (default: eval)")
+    sp.add_argument("--out", help="study folder (default: studies/<study>)")
+    sp.add_argument("--summary", help="study metrics JSON (default: studies/<study>.json)")
 
     sp = add("train", cmd_train, "Train the regime's model (in-process, or on SLURM through submitit).")
     sp.add_argument("regime")

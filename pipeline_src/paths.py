@@ -20,6 +20,7 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 EVAL = Path("eval")
 REPORTS = Path("reports")
+STUDIES = Path("studies")
 # Checkpoints and submitit folders live outside DVC outputs: DVC deletes a stage's outs
 # before it runs, and a resumable run must find its last checkpoint again.
 RUNS = Path("runs")
@@ -50,8 +51,17 @@ def label_metrics_file(dataset: str) -> Path:
     return LABELS / f"{dataset}.agreement.json"
 
 
-def split_file(regime: str) -> Path:
-    return SPLITS / f"{regime}.json"
+def split_file(split: str) -> Path:
+    return SPLITS / f"{split}.json"
+
+
+def study_dir(study: str) -> Path:
+    return STUDIES / study
+
+
+def study_file(study: str) -> Path:
+    # beside the folder, not in it: a DVC metric may not sit inside another output
+    return STUDIES / f"{study}.json"
 
 
 def model_dir(regime: str) -> Path:

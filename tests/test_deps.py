@@ -55,6 +55,7 @@ STAGE_ENTRY = {
     "split": "cmd_split",
     "train": "cmd_train",
     "eval": "cmd_eval",
+    "study": "cmd_study",
     "report": "cmd_report",
 }
 

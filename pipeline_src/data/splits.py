@@ -1,4 +1,9 @@
-"""split@<regime>: the seeded, nested selection of labelled training ids for a label regime.
+"""split@<dataset>_<pct>pct: the seeded, nested selection of labelled training ids at one labelled fraction.
+
+    medref split qata_10pct      # -> data/splits/qata_10pct.json, shared by every run at (qata, 10 %)
+
+Every method and training seed at one (dataset, fraction) reads the same split file, so the study's
+comparisons are paired by construction.
 
     medref split qata_10pct         # data/shards/qata/manifest.json -> data/splits/qata_10pct.json
 
@@ -91,19 +96,19 @@ def _require_eval_split(shards_dir: Path, dataset: str) -> str:
     return eval_split(shards_dir)
 
 
-def run(params, regime: str, shards_dir: Path, out_file: Path) -> dict:
-    r = params.regime(regime)
+def run(params, split: str, shards_dir: Path, out_file: Path) -> dict:
+    dataset, fraction = params.split_of(split)
     seed = params.split.seed
     shards_dir = Path(shards_dir)
     from pipeline_src.data.shards import require_current
 
-    require_current(shards_dir, params, r.dataset, load_manifest(shards_dir))
-    evaluated_on = _require_eval_split(shards_dir, r.dataset)
-    sel = labelled_selection(shards_dir, r.fraction, seed)
+    require_current(shards_dir, params, dataset, load_manifest(shards_dir))
+    evaluated_on = _require_eval_split(shards_dir, dataset)
+    sel = labelled_selection(shards_dir, fraction, seed)
     out = {
-        "regime": regime,
-        "dataset": r.dataset,
-        "fraction": r.fraction,
+        "split": split,
+        "dataset": dataset,
+        "fraction": fraction,
         "seed": seed,
         "n_train": sel["n_train"],
         "labelled": sel["labelled"],
@@ -116,6 +121,6 @@ def run(params, regime: str, shards_dir: Path, out_file: Path) -> dict:
     out["digest"] = sha256_json(out)
     write_json(out_file, out)
     of_cases = f" ({len(sel['labelled_cases'])}/{sel['n_train_cases']} cases)" if "labelled_cases" in sel else ""
-    print(f"[split] {regime}: {len(out['labelled'])}/{out['n_train']} labelled{of_cases} (seed {seed}), eval on "
+    print(f"[split] {split}: {len(out['labelled'])}/{out['n_train']} labelled{of_cases} (seed {seed}), eval on "
           f"{evaluated_on} -> {out_file}", flush=True)
     return out

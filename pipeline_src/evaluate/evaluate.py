@@ -57,6 +57,7 @@ def evaluate_predictor(
     distances: bool = True,
     regions: Mapping[str, tuple[int, ...] | None] | None = None,
     alignment: bool = False,
+    dispersion_stage: int | None = None,
     progress: bool = True,
     desc: str = "eval",
     on_batch: Callable[..., None] | None = None,
@@ -64,7 +65,9 @@ def evaluate_predictor(
     """Run ``predictor.predict`` over ``dataset`` (items as ShardDataset's) and score the predictions.
 
     Returns ``(summary, per_sample)``: the summary dict of :func:`metrics.summarize` (plus ``alignment``
-    when asked and the predictor has ``.embed``) and a pandas DataFrame with one row per sample.
+    when asked and the predictor has ``.embed``, and ``dispersion``: the feature dispersion of encoder stage
+    ``dispersion_stage``'s pooled features over the whole set, one [N, C] matrix, so it does not depend on the
+    batch size) and a pandas DataFrame with one row per sample.
     ``on_batch(ids, images, gts, probs, preds)`` sees every batch as numpy arrays (overlays, logging).
     """
     import pandas as pd
@@ -77,6 +80,7 @@ def evaluate_predictor(
     want_embed = alignment and callable(getattr(predictor, "embed", None))
     img_embs: list[np.ndarray] = []
     txt_embs: list[np.ndarray] = []
+    pooled: list[Any] = []
     # Fixed order, no workers: per_sample.csv rows follow the dataset order, run to run.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     with torch.inference_mode():
@@ -94,6 +98,8 @@ def evaluate_predictor(
                 else:
                     img_embs.append(ie.detach().float().cpu().numpy())
                     txt_embs.append(te.detach().float().cpu().numpy())
+            if dispersion_stage is not None:
+                pooled.append(predictor.pooled_features(images, texts, dispersion_stage))
             if on_batch is not None:
                 on_batch(list(batch["id"]), batch["image"].numpy()[:, 0], gts, probs[:, 0], preds)
     rows = acc.rows
@@ -101,6 +107,12 @@ def evaluate_predictor(
     summary = M.summarize(rows, reg)
     if want_embed and img_embs:
         summary["alignment"] = alignment_score(np.concatenate(img_embs), np.concatenate(txt_embs), acc.texts, reg)
+    if pooled:
+        from pipeline_src.models.dispersive import feature_dispersion
+
+        z = torch.cat(pooled)
+        summary["dispersion"] = {"stage": dispersion_stage, "n": len(z), "channels": int(z.shape[1]),
+                                 **feature_dispersion(z, pool=False)}
     df = pd.DataFrame({"id": acc.ids, "text": acc.texts, **rows})
     if reg is not None:
         df["text_regions"] = ["" if (r < 0).any() else "".join(map(str, r)) for r in reg]
@@ -243,6 +255,7 @@ def run(
         distances=True,
         regions=regions,
         alignment=ep.alignment,
+        dispersion_stage=ep.dispersion_stage,
         desc=f"eval {regime} ({split})",
         on_batch=keep,
     )

@@ -16,6 +16,9 @@ class EvalParams(BaseModel):
     nsd_tolerance: float = Field(2.0, gt=0)
     # image->text retrieval score when the predictor has .embed (text-guided models)
     alignment: bool = True
+    # feature dispersion (Med-DisSeg's probe) of this encoder stage's pooled features over the whole eval split;
+    # -2 is the stage train.dispersive.stage regularises by default (stride 16); null = not measured
+    dispersion_stage: int | None = -2
     # overlays saved per kind (best / median / worst) in eval/<regime>/overlays/
     overlays_per_kind: int = Field(1, ge=0)
 

@@ -41,6 +41,11 @@ class Predictor:
         return (torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)).cpu()
 
     @torch.no_grad()
+    def pooled_features(self, images: torch.Tensor, texts: list[str], stage: int) -> torch.Tensor:
+        """[B, C] global-average-pooled encoder features of ``stage`` (an index into the encoder's stages)."""
+        return self._forward(images, texts)["feats"][stage].float().mean(dim=(2, 3)).cpu()
+
+    @torch.no_grad()
     def embed(self, images: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """L2-normalised pooled embeddings; text is None for an image-only model."""
         out = self._forward(images, texts)

@@ -36,16 +36,6 @@ class Plan:
     n_classes: int
 
 
-def _key(regime: str, overrides: dict, dotted: str) -> str:
-    """The params key a user should edit: the regime override when it sets the key, else the train section."""
-    node = overrides
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return f"train.{dotted}"
-        node = node[part]
-    return f"regimes.{regime}.train.{dotted}"
-
-
 def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split_file: Path,
               params_file: Path | str | None = None) -> Plan:
     """Check the run and return what to train; raise one MedrefError naming the file or key otherwise."""
@@ -56,7 +46,7 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
     r = params.regime(regime)
     cfg = params.train_for(regime)
     if r.method not in METHODS:
-        raise MedrefError(f"{src}: regimes.{regime}.method: {r.method!r} has no training method")
+        raise MedrefError(f"{src}: {params.run_key(regime, 'method')}: {r.method!r} has no training method")
     Method = METHODS[r.method]
     model = cfg.model
     if Method.arch is not None and Method.arch != model.arch:
@@ -66,10 +56,10 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
     n_classes = int(manifest["n_classes"]) if is_class_index(manifest) else 1
     if n_classes > 1:
         if Method.needs_unlabelled or Method.has_teacher:
-            raise MedrefError(f"{src}: regimes.{regime}.method: {r.method!r} is binary-only (sigmoid pseudo-labels); "
+            raise MedrefError(f"{src}: {params.run_key(regime, 'method')}: {r.method!r} is binary-only (sigmoid pseudo-labels); "
                               f"a multi-class dataset ({n_classes} classes) needs a supervised method")
         if cfg.augment.flip_p > 0:
-            raise MedrefError(f"{src}: {_key(regime, r.train, 'augment.flip_p')} must be 0 for a multi-class volumes "
+            raise MedrefError(f"{src}: {params.run_key(regime, 'train.augment.flip_p')} must be 0 for a multi-class volumes "
                               "dataset: a horizontal flip swaps left/right organs (kidneys, liver/spleen) but not "
                               "their labels")
     model = model.model_copy(update={"n_classes": n_classes})
@@ -82,7 +72,7 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
         folder = value.startswith("local-dir:")
         path = Path(value.removeprefix("local-dir:"))
         if not (path.is_dir() if folder else path.is_file()):
-            raise MedrefError(f"{src}: {_key(regime, r.train, 'model.' + key)}: {'folder' if folder else 'file'} "
+            raise MedrefError(f"{src}: {params.run_key(regime, 'train.model.' + key)}: {'folder' if folder else 'file'} "
                               f"{path} not found (local weights only; nothing is downloaded)")
 
     # The labelled count first (a params problem), from the split file or, before it exists, by the split's rule.
@@ -97,19 +87,19 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
         raise MedrefError(f"{split_file}: no labelled images")
     if cfg.small_labelled == "error" and n < cfg.batch_size:
         raise MedrefError(
-            f"{src}: regimes.{regime}.fraction: {r.fraction} gives {n} labelled image(s), fewer than "
-            f"{_key(regime, r.train, 'batch_size')} = {cfg.batch_size}; lower the batch size, raise the fraction, "
+            f"{src}: {params.run_key(regime, 'fraction')}: {r.fraction} gives {n} labelled image(s), fewer than "
+            f"{params.run_key(regime, 'train.batch_size')} = {cfg.batch_size}; lower the batch size, raise the fraction, "
             "or set train.small_labelled: cap")
     if split is None:
         split = _read_split(split_file, regime)  # names the missing file
     recorded = {"fraction": split.get("fraction"), "seed": split.get("seed"), "shards": split.get("shards_digest")}
     wanted = {"fraction": r.fraction, "seed": params.split.seed, "shards": manifest.get("digest")}
-    for what, key in (("fraction", f"regimes.{regime}.fraction"), ("seed", "split.seed"),
+    for what, key in (("fraction", params.run_key(regime, "fraction")), ("seed", "split.seed"),
                       ("shards", str(shards_dir / "manifest.json"))):
         if recorded[what] != wanted[what]:
             raise MedrefError(
                 f"{split_file}: written for {what} {recorded[what]!r}, but {key} is {wanted[what]!r}: the split is "
-                f"stale; re-run `medref split {regime}` (or `dvc repro split@{regime}`)")
+                f"stale; re-run `medref split {r.split}` (or `dvc repro split@{r.split}`)")
     if not labels_file.is_file():
         raise MedrefError(f"{labels_file}: pseudo-label file not found (run `medref pseudolabel {r.dataset}` first)")
     return Plan(regime, r.method, cfg.model_copy(update={"model": model}), split, n_classes)

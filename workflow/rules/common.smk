@@ -1,15 +1,30 @@
-# Shared definitions: the datasets and regimes from params.yaml (the workflow's config),
+# Shared definitions: the datasets, and the study grid's runs expanded from params.yaml (the
+# workflow's config) by the same function `medref grid` uses to write DVC's workflow/grid.yaml;
 # wildcard constraints, and input helpers. Validation of params is done by `medref` itself
 # (pipeline_src/params.py), the single source of truth for the schema.
 import re
 
+from pipeline_src.params import grid_document
+
 DATASETS = list(config["datasets"])
-REGIMES = list(config["regimes"])
+GRID = grid_document(config)
+# run name -> {dataset, fraction, method, train, seed, study, variant, split}
+RUNS = GRID["runs"]
+REGIMES = list(RUNS)
+SPLITS = GRID["splits"]  # split name -> {dataset, fraction}
+STUDIES = GRID["study_runs"]  # study name -> its run names
+
+
+def _one_of(names):
+    # longest first: `qata_10pct` must not match the start of `qata_10pct-supervised`
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "$^"
 
 
 wildcard_constraints:
-    dataset="|".join(re.escape(d) for d in DATASETS),
-    regime="|".join(re.escape(r) for r in REGIMES),
+    dataset=_one_of(DATASETS),
+    regime=_one_of(REGIMES),
+    split=_one_of(SPLITS),
+    study=_one_of(STUDIES),
 
 
 # Code deps shared by several rules (the same files as in dvc.yaml; tests/test_deps.py checks both
@@ -37,7 +52,16 @@ DOWNLOAD_CODE = [
 
 
 def regime_dataset(wildcards):
-    return config["regimes"][wildcards.regime]["dataset"]
+    return RUNS[wildcards.regime]["dataset"]
+
+
+def split_of(wildcards):
+    return f"data/splits/{RUNS[wildcards.regime]['split']}.json"
+
+
+def study_inputs(wildcards):
+    runs = STUDIES[wildcards.study]
+    return [f"metrics/{r}.json" for r in runs] + [f"eval/{r}" for r in runs]
 
 
 def shards_of(wildcards):

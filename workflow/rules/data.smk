@@ -41,18 +41,17 @@ rule preprocess:
 
 rule split:
     input:
-        shards_of,
+        lambda w: f"data/shards/{SPLITS[w.split]['dataset']}",
         SHARED_CODE,
         "pipeline_src/data/shards.py",
         "pipeline_src/data/splits.py",
     output:
-        "data/splits/{regime}.json",
+        "data/splits/{split}.json",
     log:
-        "logs/split/{regime}.log",
+        "logs/split/{split}.log",
     conda:
         "../envs/medref.yaml"
     params:
         split=config["split"],
-        fraction=lambda w: config["regimes"][w.regime]["fraction"],
     shell:
-        "medref split {wildcards.regime} > {log} 2>&1"
+        "medref split {wildcards.split} > {log} 2>&1"

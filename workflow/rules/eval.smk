@@ -6,7 +6,7 @@ rule eval:
         "models/{regime}",
         shards_of,
         labels_of,
-        "data/splits/{regime}.json",
+        split_of,
         SHARED_CODE,
         "pipeline_src/labels/table.py",
         "pipeline_src/labels/text_parser.py",
@@ -30,5 +30,6 @@ rule eval:
     params:
         cpu_threads=config["base"]["cpu_threads"],
         eval=config["eval"],
+        run=lambda w: RUNS[w.regime],
     shell:
         "medref eval {wildcards.regime} > {log} 2>&1"

@@ -1,10 +1,31 @@
-# Report phase (dvc.yaml twin: the `report` stage).
+# Report phase (dvc.yaml twins: the `study@<study>` and `report` stages).
+
+
+rule study:
+    input:
+        study_inputs,
+        SHARED_CODE,
+        "pipeline_src/evaluate/study.py",
+    output:
+        directory("studies/{study}"),
+        "studies/{study}.json",
+    log:
+        "logs/study/{study}.log",
+    conda:
+        "../envs/medref.yaml"
+    params:
+        study=lambda w: config["studies"][w.study],
+        runs=lambda w: STUDIES[w.study],
+    shell:
+        "medref study {wildcards.study} > {log} 2>&1"
 
 
 rule report:
     input:
         expand("metrics/{regime}.json", regime=REGIMES),
         expand("eval/{regime}", regime=REGIMES),
+        expand("studies/{study}", study=STUDIES),
+        expand("studies/{study}.json", study=STUDIES),
         SHARED_CODE,
         "pipeline_src/labels/text_parser.py",
         "pipeline_src/models/metrics.py",

@@ -11,7 +11,7 @@ rule train:
     input:
         shards_of,
         labels_of,
-        "data/splits/{regime}.json",
+        split_of,
         SHARED_CODE,
         "pipeline_src/labels/table.py",
         "pipeline_src/provenance.py",
@@ -29,6 +29,6 @@ rule train:
     params:
         base=config["base"],
         train=config["train"],
-        regime=lambda w: config["regimes"][w.regime],
+        run=lambda w: RUNS[w.regime],
     shell:
         "medref train {wildcards.regime} > {log} 2>&1"

@@ -1,0 +1,366 @@
+"""study@<study>: aggregate one study's runs into tables, paired comparisons and falsification verdicts.
+
+    medref study qata        # -> studies/qata.json (DVC metric) + studies/qata/{study.md, table.csv, ...}
+
+Reads only what the eval stages wrote (``metrics/<run>.json`` and ``eval/<run>/per_sample.csv``) for the runs
+the grid gives the study (params.yaml ``studies.<study>``; run names in workflow/grid.yaml). No torch.
+
+- **Main table**: method (or variant) x labelled fraction, mean +- std over the training seeds (sample std,
+  n-1), for Dice and IoU in both conventions (per-image mean, and global = pooled pixel counts), HD95, NSD,
+  image->text top-1 retrieval and region agreement, and the pooled-feature dispersion.
+- **Paired deltas**: every method minus the study's ``baseline`` and minus the best of its ``ssl_baselines``
+  at that fraction (the highest mean per-image Dice), seed by seed (runs at one fraction share the labelled
+  set; seed s is paired with seed s). With each: the mean delta, the per-seed win count, and a bootstrap 95 %
+  CI over test images (the same resampled images for both methods and every seed; per-image Dice averaged,
+  global Dice recomputed from the resampled pixel counts; ``studies.<study>.bootstrap`` replicates seeded
+  with base.seed).
+- **Ablation table**: each variant minus its own method (``semi_medref-no_posaug`` - ``semi_medref``).
+- **Verdicts** of the two seed papers' falsification tests, from these numbers, with the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline_src.errors import MedrefError
+from pipeline_src.utils.io import atomic_dir, write_json
+
+# (metrics.json key path, label); dispersion is Med-DisSeg's probe
+METRICS = [
+    ("dice", "Dice"), ("dice_global", "Dice (global)"), ("iou", "IoU"), ("iou_global", "IoU (global)"),
+    ("hd95", "HD95 px"), ("nsd", "NSD"), ("alignment.top1", "i2t top-1"),
+    ("alignment.region_agreement", "region agree"), ("dispersion.mean_pairwise_dist", "dispersion"),
+]
+LOWER_IS_BETTER = {"hd95"}
+SEMI_MEDREF, MEDDISSEG = "semi_medref", "meddisseg"
+FALSIFICATION_FRACTION = 0.10
+
+
+# ---- reading the runs ------------------------------------------------------------------------------------------
+def _get(m: dict, dotted: str) -> float | None:
+    node: Any = m
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+
+def _read_run(name: str, metrics_dir: Path, eval_root: Path) -> tuple[dict, dict[str, np.ndarray] | None]:
+    mfile = metrics_dir / f"{name}.json"
+    if not mfile.is_file():
+        raise MedrefError(f"{mfile}: missing; the study needs eval@{name} first (`dvc repro eval@{name}`)")
+    try:
+        m = json.loads(mfile.read_text())
+    except ValueError as e:
+        raise MedrefError(f"{mfile}: not valid JSON ({e}); re-run `dvc repro -f eval@{name}`") from e
+    per = eval_root / name / "per_sample.csv"
+    if not per.is_file() or "tp" not in per.read_text().splitlines()[0].split(","):
+        return m, None  # multi-class runs have per-case rows; no per-image bootstrap for them
+    import pandas as pd
+
+    df = pd.read_csv(per, usecols=["id", "dice", "tp", "fp", "fn"], dtype={"id": str})
+    return m, {"id": df["id"].to_numpy(), **{k: df[k].to_numpy(dtype=np.float64) for k in ("dice", "tp", "fp", "fn")}}
+
+
+def _mean_std(values: list[float]) -> dict:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None, "n": len(v)}
+
+
+def _global_dice(tp, fp, fn) -> np.ndarray:
+    """Pooled Dice per bootstrap replicate (rows); 1.0 where nothing is predicted and nothing is there."""
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 1.0)
+
+
+# ---- paired comparisons ----------------------------------------------------------------------------------------
+def paired(a: dict[int, dict], b: dict[int, dict], key: str, boot_idx: np.ndarray | None) -> dict | None:
+    """``a`` minus ``b``: runs by seed, each {"metrics", "per"}; only seeds both have. Returns the per-seed
+    deltas, their mean, the win count (a better than b: higher, or lower for HD95) and, for per-image and global
+    Dice, the bootstrap CI of the seed-averaged delta over resampled test images."""
+    seeds = sorted(s for s in a if s in b)
+    deltas = {}
+    for s in seeds:
+        x, y = _get(a[s]["metrics"], key), _get(b[s]["metrics"], key)
+        if x is not None and y is not None:
+            deltas[s] = x - y
+    if not deltas:
+        return None
+    sign = -1.0 if key in LOWER_IS_BETTER else 1.0
+    out = {"seeds": sorted(deltas), "deltas": [deltas[s] for s in sorted(deltas)],
+           "mean": float(np.mean(list(deltas.values()))),
+           "wins": int(sum(sign * d > 0 for d in deltas.values())), "n": len(deltas), "ci95": None}
+    if key in ("dice", "dice_global") and boot_idx is not None:
+        reps = []
+        for s in sorted(deltas):
+            pa, pb = a[s]["per"], b[s]["per"]
+            if pa is None or pb is None or not np.array_equal(pa["id"], pb["id"]) or len(pa["id"]) != boot_idx.shape[1]:
+                return out  # not on the same test images: no paired bootstrap
+            if key == "dice":
+                reps.append(pa["dice"][boot_idx].mean(1) - pb["dice"][boot_idx].mean(1))
+            else:
+                ga = _global_dice(*(pa[k][boot_idx].sum(1) for k in ("tp", "fp", "fn")))
+                gb = _global_dice(*(pb[k][boot_idx].sum(1) for k in ("tp", "fp", "fn")))
+                reps.append(ga - gb)
+        mean_rep = np.mean(reps, axis=0)
+        out["ci95"] = [float(np.percentile(mean_rep, 2.5)), float(np.percentile(mean_rep, 97.5))]
+    return out
+
+
+# ---- the study -------------------------------------------------------------------------------------------------
+def collect(params, study: str, metrics_dir: Path, eval_root: Path) -> dict[str, dict[float, dict[int, dict]]]:
+    """{variant: {fraction: {seed: {"run", "metrics", "per"}}}} for every run the grid gives the study."""
+    runs = params.study_runs(study)
+    if not runs:
+        raise MedrefError(f"{params._source}: studies.{study} has no runs")
+    cells: dict[str, dict[float, dict[int, dict]]] = {}
+    for name, r in runs.items():
+        m, per = _read_run(name, Path(metrics_dir), Path(eval_root))
+        cells.setdefault(r.variant, {}).setdefault(r.fraction, {})[r.seed] = {"run": name, "metrics": m, "per": per}
+    return cells
+
+
+def _bootstrap_index(cells: dict, n_boot: int, seed: int) -> dict[float, np.ndarray | None]:
+    """One [n_boot, n_images] index matrix per fraction, shared by every comparison at that fraction (None when
+    the runs there do not all have per-image rows for the same number of test images)."""
+    out: dict[float, np.ndarray | None] = {}
+    for f in sorted({f for v in cells.values() for f in v}):
+        ns = {len(c["per"]["id"]) if c["per"] is not None else None
+              for v in cells.values() for c in v.get(f, {}).values()}
+        if n_boot <= 0 or len(ns) != 1 or None in ns:
+            out[f] = None
+            continue
+        n = ns.pop()
+        out[f] = np.random.default_rng([seed, round(f * 1_000_000)]).integers(0, n, size=(n_boot, n))
+    return out
+
+
+def aggregate(params, study: str, cells: dict) -> dict:
+    st = params.study(study)
+    variants = list(cells)
+    fractions = sorted({f for v in cells.values() for f in v})
+    boot = _bootstrap_index(cells, st.bootstrap, params.base.seed)
+    table = {v: {f"{f:g}": {k: _mean_std([_get(c["metrics"], k) for c in cells[v].get(f, {}).values()])
+                            for k, _ in METRICS} for f in fractions if f in cells[v]} for v in variants}
+    best_ssl = {}
+    for f in fractions:
+        present = [b for b in st.ssl_baselines if f in cells.get(b, {})]
+        if present:
+            best_ssl[f] = max(present, key=lambda b: table[b][f"{f:g}"]["dice"]["mean"] or -1.0)
+
+    def compare(v: str, ref: str, f: float) -> dict:
+        return {k: paired(cells[v][f], cells[ref][f], k, boot[f]) for k, _ in METRICS}
+
+    deltas = []
+    for f in fractions:
+        for ref_kind, ref in (("baseline", st.baseline), ("best_ssl", best_ssl.get(f))):
+            if ref is None or f not in cells.get(ref, {}):
+                continue
+            for v in variants:
+                if v != ref and f in cells[v] and not (ref_kind == "best_ssl" and v in st.ssl_baselines):
+                    deltas.append({"fraction": f, "method": v, "against": ref, "kind": ref_kind, **compare(v, ref, f)})
+    ablations = []
+    for v in variants:
+        parent = (params.variants.get(v).method if v in params.variants else None)
+        for f in fractions:
+            if parent and parent in cells and f in cells[v] and f in cells[parent]:
+                ablations.append({"fraction": f, "variant": v, "against": parent, **compare(v, parent, f)})
+    result = {
+        "study": study, "dataset": st.dataset, "study_size": params.study_size, "headline": st.headline,
+        "fractions": fractions, "methods": variants,
+        "seeds": sorted({s for v in cells.values() for fc in v.values() for s in fc}),
+        "runs": {v: {f"{f:g}": {str(s): c["run"] for s, c in sorted(fc.items())} for f, fc in cells[v].items()}
+                 for v in variants},
+        "table": table, "best_ssl": {f"{f:g}": b for f, b in best_ssl.items()},
+        "deltas": deltas, "ablations": ablations,
+        "bootstrap": {"replicates": st.bootstrap, "seed": params.base.seed},
+    }
+    result["verdicts"] = verdicts(params, study, cells, result)
+    return result
+
+
+def _find(rows: list[dict], **match) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def _fmt_delta(d: dict | None, digits: int = 3) -> str:
+    if d is None:
+        return "n/a"
+    ci = f", 95 % CI [{d['ci95'][0]:+.{digits}f}, {d['ci95'][1]:+.{digits}f}]" if d.get("ci95") else ""
+    return f"{d['mean']:+.{digits}f} (wins {d['wins']}/{d['n']}{ci})"
+
+
+def verdicts(params, study: str, cells: dict, res: dict) -> dict:
+    """The falsification tests of the two seed papers, as {test: {verdict, evidence}}."""
+    st = params.study(study)
+    out: dict[str, dict] = {}
+    f = FALSIFICATION_FRACTION
+    hint = f"add it to studies.{study}.methods (or set study_size: full and run `medref grid`)"
+
+    # Semi-MedRef 1: at 10 % labels, does semi_medref fall below the SSL baselines?
+    best = res["best_ssl"].get(f"{f:g}")
+    key = "semi_medref_below_ssl_at_10pct"
+    if SEMI_MEDREF not in cells or f not in cells[SEMI_MEDREF] or best is None:
+        out[key] = {"verdict": "not tested", "evidence": f"needs {SEMI_MEDREF} and one of {st.ssl_baselines} at "
+                                                          f"{f:.0%}; {hint}"}
+    else:
+        d = paired(cells[SEMI_MEDREF][f], cells[best][f], "dice", _bootstrap_index(
+            {SEMI_MEDREF: cells[SEMI_MEDREF], best: cells[best]}, st.bootstrap, params.base.seed)[f])
+        if d["ci95"] is not None and d["ci95"][1] < 0:
+            verdict = "yes: the claim is falsified here (Semi-MedRef is below the best SSL baseline)"
+        elif d["ci95"] is not None and d["ci95"][0] > 0:
+            verdict = "no: Semi-MedRef is above the best SSL baseline"
+        else:
+            verdict = "inconclusive: the CI of the difference includes 0"
+        out[key] = {"verdict": verdict, "best_ssl": best, "dice_delta": d,
+                    "evidence": f"Dice {SEMI_MEDREF} - {best} at {f:.0%}: {_fmt_delta(d)}"}
+
+    # Semi-MedRef 2: does image->text alignment drop when T-PatchMix is on?
+    key, off = "alignment_drops_with_tpatchmix", f"{SEMI_MEDREF}-no_tpatchmix"
+    rows = [r for r in res["ablations"] if r["variant"] == off and r["against"] == SEMI_MEDREF]
+    if not rows:
+        out[key] = {"verdict": "not tested", "evidence": f"needs {off} beside {SEMI_MEDREF}; {hint}"}
+    else:
+        per_f = {}
+        for r in rows:  # on - off = -(off - on)
+            d = r["alignment.top1"]
+            per_f[f"{r['fraction']:g}"] = None if d is None else {**d, "mean": -d["mean"],
+                                                                  "deltas": [-x for x in d["deltas"]],
+                                                                  "wins": d["n"] - d["wins"]}
+        ds = [d for d in per_f.values() if d]
+        if not ds:
+            verdict = "not tested: no alignment scores (eval.alignment is off?)"
+        elif all(x < 0 for d in ds for x in d["deltas"]):
+            verdict = "yes: top-1 is lower with T-PatchMix on, in every seed and fraction"
+        elif all(x > 0 for d in ds for x in d["deltas"]):
+            verdict = "no: top-1 is higher with T-PatchMix on, in every seed and fraction"
+        else:
+            verdict = "inconclusive: the sign changes across seeds or fractions"
+        out[key] = {"verdict": verdict, "top1_on_minus_off": per_f,
+                    "evidence": "; ".join(f"{k}: {_fmt_delta(d)}" for k, d in per_f.items())}
+
+    # Med-DisSeg: does the dispersive loss raise dispersion while HD95 / NSD are no better?
+    key, on = "dispersion_up_boundaries_not_better", f"{MEDDISSEG}-disp"
+    rows = [r for r in res["ablations"] if r["variant"] == on and r["against"] == MEDDISSEG]
+    if not rows:
+        out[key] = {"verdict": "not tested", "evidence": f"needs {on} beside {MEDDISSEG}; {hint}"}
+    else:
+        parts, flags = [], []
+        for r in rows:
+            disp, hd, nsd = r["dispersion.mean_pairwise_dist"], r["hd95"], r["nsd"]
+            if disp is None or hd is None or nsd is None:
+                continue
+            up = disp["mean"] > 0
+            no_better = hd["mean"] >= 0 and nsd["mean"] <= 0
+            flags.append((up, no_better))
+            parts.append(f"{r['fraction']:.0%}: dispersion {_fmt_delta(disp)}, HD95 {_fmt_delta(hd, 2)}, "
+                         f"NSD {_fmt_delta(nsd)}")
+        if not flags:
+            verdict = "not tested: the runs have no dispersion (eval.dispersion_stage is null?)"
+        elif all(u and nb for u, nb in flags):
+            verdict = "yes: dispersion rises, HD95 and NSD are no better (the boundary claim is falsified here)"
+        elif all(u for u, _ in flags):
+            verdict = "no: dispersion rises and HD95 or NSD improve"
+        else:
+            verdict = "no: the loss does not raise the measured dispersion"
+        out[key] = {"verdict": verdict, "evidence": "; ".join(parts)}
+    return out
+
+
+# ---- writing ---------------------------------------------------------------------------------------------------
+def _cell(t: dict, digits: int) -> str:
+    if t["mean"] is None:
+        return "-"
+    return f"{t['mean']:.{digits}f}" + (f" ± {t['std']:.{digits}f}" if t["std"] is not None else "")
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# Study `{res['study']}` ({res['dataset']}, study_size {res['study_size']})", "",
+             f"Seeds {res['seeds']}; mean ± std over seeds (sample std; none shown for one seed). Dice/IoU: "
+             "per-image mean, and global (pixel counts pooled over the test images). HD95 in pixels.", ""]
+    head = ["method", "labelled"] + [lab for _, lab in METRICS]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v, by_f in res["table"].items():
+        for f, t in by_f.items():
+            lines.append("| " + " | ".join([v + (" (headline)" if v == res["headline"] else ""), f"{float(f):.0%}"]
+                                           + [_cell(t[k], 2 if k == "hd95" else 3) for k, _ in METRICS]) + " |")
+    lines += ["", "## Paired deltas (method − reference, same labelled set, seed by seed)", "",
+              "Wins: seeds where the method is better. CI: bootstrap 95 % over test images "
+              f"({res['bootstrap']['replicates']} replicates, seed {res['bootstrap']['seed']}).", "",
+              "| labelled | method | against | Δ Dice | Δ Dice (global) | Δ HD95 | Δ NSD | Δ i2t top-1 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for d in res["deltas"]:
+        lines.append(f"| {d['fraction']:.0%} | {d['method']} | {d['against']} ({d['kind']}) | {_fmt_delta(d['dice'])} | "
+                     f"{_fmt_delta(d['dice_global'])} | {_fmt_delta(d['hd95'], 2)} | {_fmt_delta(d['nsd'])} | "
+                     f"{_fmt_delta(d['alignment.top1'])} |")
+    if res["ablations"]:
+        lines += ["", "## Ablations (variant − its method)", "",
+                  "| labelled | variant | against | Δ Dice | Δ Dice (global) | Δ HD95 | Δ NSD | Δ i2t top-1 | Δ dispersion |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for d in res["ablations"]:
+            lines.append(f"| {d['fraction']:.0%} | {d['variant']} | {d['against']} | {_fmt_delta(d['dice'])} | "
+                         f"{_fmt_delta(d['dice_global'])} | {_fmt_delta(d['hd95'], 2)} | {_fmt_delta(d['nsd'])} | "
+                         f"{_fmt_delta(d['alignment.top1'])} | {_fmt_delta(d['dispersion.mean_pairwise_dist'])} |")
+    lines += ["", "## Falsification tests", ""]
+    for k, v in res["verdicts"].items():
+        lines.append(f"- **{k}**: {v['verdict']}. {v['evidence']}")
+    lines += ["", "![Dice vs labelled fraction](dice_vs_fraction.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(res: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, title in ((axes[0], "dice", "per-image Dice"), (axes[1], "dice_global", "global Dice")):
+        for v, by_f in res["table"].items():
+            fs = sorted(by_f, key=float)
+            ys = [by_f[f][key]["mean"] for f in fs]
+            es = [by_f[f][key]["std"] or 0.0 for f in fs]
+            ax.errorbar([float(f) * 100 for f in fs], ys, yerr=es, marker="o", capsize=3, label=v)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled fraction (%)")
+        ax.set_title(f"{res['study']}: {title} (mean ± std over {len(res['seeds'])} seed(s))")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Dice")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _csv(res: dict, out: Path) -> None:
+    """Long table, one row per (method, fraction): the `dvc plots` source and a spreadsheet's."""
+    cols = ["method", "fraction_pct"] + [f"{k}_{s}" for k, _ in METRICS for s in ("mean", "std")]
+    rows = [",".join(cols)]
+    for v, by_f in res["table"].items():
+        for f, t in sorted(by_f.items(), key=lambda x: float(x[0])):
+            vals = [v, f"{float(f) * 100:g}"] + ["" if t[k][s] is None else f"{t[k][s]:.6g}"
+                                                  for k, _ in METRICS for s in ("mean", "std")]
+            rows.append(",".join(vals))
+    out.write_text("\n".join(rows) + "\n")
+
+
+def run(params, study: str, metrics_dir: Path, eval_root: Path, out_dir: Path, summary_file: Path) -> dict:
+    cells = collect(params, study, metrics_dir, eval_root)
+    res = aggregate(params, study, cells)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "study.md").write_text(markdown(res))
+        _csv(res, tmp / "table.csv")
+        _plot(res, tmp / "dice_vs_fraction.png")
+    write_json(summary_file, res)
+    n = sum(len(fc) for v in cells.values() for fc in v.values())
+    print(f"[study] {study}: {n} runs, {len(res['methods'])} methods x {len(res['fractions'])} fractions -> "
+          f"{summary_file}, {out_dir}/study.md", flush=True)
+    for k, v in res["verdicts"].items():
+        print(f"[study] {k}: {v['verdict']}", flush=True)
+    return res
