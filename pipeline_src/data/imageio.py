@@ -90,8 +90,8 @@ def _decode_dicom(data: bytes) -> np.ndarray:
     except Exception as e:  # pydicom: RuntimeError / NotImplementedError when no plugin decodes the syntax
         if syntax is not None and syntax.is_compressed:
             raise Unsupported(f"DICOM compressed as {syntax.name} ({syntax}), which this installation cannot "
-                              f"decode ({type(e).__name__}: {e}); convert it to an uncompressed transfer syntax "
-                              "first, e.g. `gdcmconv --raw in.dcm out.dcm` or `dcmdjpeg in.dcm out.dcm`") from None
+                              f"decode ({type(e).__name__}: {' '.join(str(e).split())}); convert it to an "
+                              "uncompressed transfer syntax first, e.g. `gdcmconv --raw in.dcm out.dcm` or `dcmdjpeg in.dcm out.dcm`") from None
         raise
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
