@@ -144,3 +144,14 @@ def test_predict_reads_dicom_and_names_a_refused_file(tmp_path: Path):
     f.write_bytes(dicom(np.zeros((8, 8), np.uint8))[:-40])
     with pytest.raises(MedrefError, match=rf"{f}: corrupt or unreadable image.*accepted inputs"):
         load_image(f, BITS)
+
+
+def test_voi_lut_sequence_is_applied():
+    px = np.array([[0, 1], [2, 3]], np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [4, 0, 12]  # 4 entries from stored value 0, 12-bit output
+    item.LUTData = [0, 1000, 3000, 4095]
+    item["LUTData"].VR = "US"
+    b = dicom(px, bits_stored=12, VOILUTSequence=[item])
+    got = read_grey(b, "image", BITS)
+    assert np.array_equal(got, np.rint(np.array([[0, 1000], [3000, 4095]]) * (255 / 4095)).astype(np.uint8))
