@@ -168,7 +168,7 @@ def _pick_device(device: str) -> str:
     return device
 
 
-def _input_spec(config: dict, model_dir: Path, params_file: Path | None) -> tuple[int, object]:
+def input_spec(config: dict, model_dir: Path, params_file: Path | None) -> tuple[int, object]:
     from pipeline_src.data.imageio import IntensityRule
 
     spec = config.get("input") or {}
@@ -276,7 +276,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     ep, ep_source = eval_settings(model_dir, regime, params_file)
     if threshold is not None:
         ep, ep_source = {**ep, "threshold": threshold}, "--threshold"
-    size, rule = _input_spec(config, model_dir, params_file)
+    size, rule = input_spec(config, model_dir, params_file)
 
     import torch
     from tqdm import tqdm
