@@ -267,3 +267,31 @@ def test_model_card_written_by_train_and_completed_by_eval(trained, tmp_path):
     assert f"| Dice | {metrics['dice']:.4f}" in done and f"| {metrics['dice_global']:.4f} |" in done
     assert "Not evaluated in this folder" not in done
     assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == before  # train's output untouched
+
+
+@pytest.mark.slow
+def test_pull_then_predict_on_a_clone_without_data(origin, tmp_path):
+    """A collaborator pulls only the model folder from the DVC remote and predicts: no shards, no training."""
+    from tests.pipeline_utils import run, tool
+
+    regime = "qata_10pct"
+    remote = tmp_path / "remote"
+    run([tool("dvc"), "remote", "add", "-f", "predict-remote", str(remote)], origin)
+    run([tool("dvc"), "push", "-r", "predict-remote", f"models/{regime}"], origin)
+    image = next(p for p in sorted((origin / "data" / "raw").rglob("*.png")) if not p.name.startswith("mask_"))
+    text = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
+    cmd = ["predict", regime, "--images", str(image), "--text", text, "--out"]
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    run([tool("dvc"), "remote", "add", "-d", "-f", "predict-remote", str(remote)], clone)
+    run([tool("dvc"), "pull", "-r", "predict-remote", f"models/{regime}"], clone)
+    assert not (clone / "data").exists() and (clone / "models" / regime / "model.pt").is_file()
+    res = run([tool("medref"), *cmd, "pred"], clone)
+    assert f"model card: models/{regime}/MODEL.md" in res.stderr
+    # the origin, with all its data, predicts the same mask (written outside its work tree: the session shares it)
+    run([tool("medref"), *cmd, str(tmp_path / "at_origin")], origin)
+    name = f"mask_{image.stem}.png"
+    assert (clone / "pred" / "masks" / name).read_bytes() == (tmp_path / "at_origin" / "masks" / name).read_bytes()
+    rows = list(csv.DictReader(open(clone / "pred" / "predictions.csv")))
+    assert rows[0]["model_sha256"] == hashlib.sha256((clone / "models" / regime / "model.pt").read_bytes()).hexdigest()
