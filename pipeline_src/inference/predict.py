@@ -26,6 +26,7 @@ Texts: ``--text`` for every image, or ``--texts`` a CSV / xlsx table read as ``m
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import sys
@@ -127,6 +128,25 @@ def check_texts(items: list[Item], uses_text: bool, texts_file: Path | None) -> 
                           "that names where the lesion is")
 
 
+def project_params(params_file: Path | None):
+    """The params file given, else ./params.yaml when there is one (validated), else None: a model folder copied
+    out of any repository predicts without one."""
+    pf = Path(params_file or "params.yaml")
+    if not pf.is_file():
+        return None
+    st = pf.stat()
+    return _load_params(str(pf.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_params(path: str, mtime_ns: int, size: int):
+    # read once per command (threshold, region constants, thread count all come from it); the key has the
+    # file's mtime and size so that an edited file is read again in a long-lived process
+    from pipeline_src import params
+
+    return params.load(Path(path))
+
+
 def eval_settings(model_dir: Path, regime: str | None, params_file: Path | None) -> tuple[dict, str]:
     """(eval params, where they came from): the regime's metrics file, else the params file, else defaults."""
     from pipeline_src.params import EvalParams  # the composer: inference may not import the evaluate phase
@@ -141,21 +161,14 @@ def eval_settings(model_dir: Path, regime: str | None, params_file: Path | None)
                                   "--threshold") from e
             if ep:
                 return EvalParams.model_validate(ep).model_dump(), str(mf)
-    pf = params_file or Path("params.yaml")
-    if pf.is_file():
-        from pipeline_src import params
-
-        return params.load(pf).eval.model_dump(), f"{pf} (eval)"
+    if (prm := project_params(params_file)) is not None:
+        return prm.eval.model_dump(), f"{params_file or 'params.yaml'} (eval)"
     return EvalParams().model_dump(), "defaults (no metrics file, no params.yaml)"
 
 
 def _region_params(params_file: Path | None) -> dict:
-    pf = params_file or Path("params.yaml")
-    if not pf.is_file():
-        return {}
-    from pipeline_src import params
-
-    return params.load(pf).pseudolabel.model_dump()
+    prm = project_params(params_file)
+    return {} if prm is None else prm.pseudolabel.model_dump()
 
 
 def _pick_device(device: str) -> str:
@@ -174,15 +187,13 @@ def input_spec(config: dict, model_dir: Path, params_file: Path | None) -> tuple
     spec = config.get("input") or {}
     size = spec.get("image_size")
     if size is None:  # a model trained before config.json recorded its input
-        pf = params_file or Path("params.yaml")
-        if not pf.is_file():
+        prm = project_params(params_file)
+        if prm is None:
             raise MedrefError(f"{model_dir}/config.json does not record the training image size (an older model) "
                               "and there is no params.yaml to take preprocess.image_size from")
-        from pipeline_src import params
-
-        pp = params.load(pf).preprocess
-        print(f"[predict] {model_dir}/config.json has no input size: using {pf}'s preprocess.image_size "
-              f"{pp.image_size}", file=sys.stderr)
+        pp = prm.preprocess
+        print(f"[predict] {model_dir}/config.json has no input size: using {params_file or 'params.yaml'}'s "
+              f"preprocess.image_size {pp.image_size}", file=sys.stderr)
         return pp.image_size, IntensityRule(pp.intensity, tuple(pp.intensity_percentiles))
     rule = IntensityRule(spec.get("intensity", "bits"), tuple(spec.get("intensity_percentiles", (1.0, 99.0))))
     return int(size), rule
@@ -288,6 +299,10 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     from pipeline_src.utils.io import atomic_dir, write_json
 
     dev = _pick_device(device)
+    if dev == "cpu" and (prm := project_params(params_file)) is not None:
+        # eval's thread count (base.cpu_threads): on CPU the thread count can change the float bits, and an
+        # image of the eval split must get eval's mask
+        torch.set_num_threads(prm.base.cpu_threads)
     predictor = load_predictor(model_dir, device=dev, bf16=dev.startswith("cuda"))
     check_texts(items, predictor.uses_text, texts_file)
     own = model_dir.resolve() == paths.model_dir(regime).resolve()  # the regime's own folder: eval's card applies
