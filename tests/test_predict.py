@@ -272,6 +272,8 @@ def test_model_card_written_by_train_and_completed_by_eval(trained, tmp_path):
 @pytest.mark.slow
 def test_pull_then_predict_on_a_clone_without_data(origin, tmp_path):
     """A collaborator pulls only the model folder from the DVC remote and predicts: no shards, no training."""
+    import shutil
+
     from tests.pipeline_utils import run, tool
 
     regime = "qata_10pct"
@@ -279,19 +281,62 @@ def test_pull_then_predict_on_a_clone_without_data(origin, tmp_path):
     run([tool("dvc"), "remote", "add", "-f", "predict-remote", str(remote)], origin)
     run([tool("dvc"), "push", "-r", "predict-remote", f"models/{regime}"], origin)
     image = next(p for p in sorted((origin / "data" / "raw").rglob("*.png")) if not p.name.startswith("mask_"))
-    text = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
-    cmd = ["predict", regime, "--images", str(image), "--text", text, "--out"]
+    readme = readme_commands()
+    pull = next(c for c in readme if c[:2] == ["dvc", "pull"])
+    predict = next(c for c in readme if c[:3] == ["medref", "predict", regime])
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
     run([tool("dvc"), "remote", "add", "-d", "-f", "predict-remote", str(remote)], clone)
-    run([tool("dvc"), "pull", "-r", "predict-remote", f"models/{regime}"], clone)
+    run([tool("dvc"), *pull[1:]], clone)  # the README's command, as written
     assert not (clone / "data").exists() and (clone / "models" / regime / "model.pt").is_file()
-    res = run([tool("medref"), *cmd, "pred"], clone)
+    (clone / "scans").mkdir()
+    shutil.copy(image, clone / "scans" / image.name)
+    res = run([tool("medref"), *predict[1:]], clone)
     assert f"model card: models/{regime}/MODEL.md" in res.stderr
     # the origin, with all its data, predicts the same mask (written outside its work tree: the session shares it)
-    run([tool("medref"), *cmd, str(tmp_path / "at_origin")], origin)
+    out = predict.index("--out")
+    run([tool("medref"), *predict[1:out], "--out", str(tmp_path / "at_origin"), "--images", str(image)], origin)
     name = f"mask_{image.stem}.png"
     assert (clone / "pred" / "masks" / name).read_bytes() == (tmp_path / "at_origin" / "masks" / name).read_bytes()
     rows = list(csv.DictReader(open(clone / "pred" / "predictions.csv")))
     assert rows[0]["model_sha256"] == hashlib.sha256((clone / "models" / regime / "model.pt").read_bytes()).hexdigest()
+
+
+def readme_commands() -> list[list[str]]:
+    """The command lines of the README's "Use a trained model" section, split like a shell would."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Use a trained model", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```bash\n")[1:]]
+    return [shlex.split(line, comments=True) for b in blocks for line in b.splitlines()
+            if line.startswith(("medref ", "dvc "))]
+
+
+def test_readme_commands_run_as_written(trained, tmp_path, monkeypatch):
+    """Every `medref predict` / `medref export` line of the README section, on a copy of a trained model."""
+    import shutil
+
+    from tests.test_dicom import dicom
+
+    shutil.copytree(trained["supervised"], tmp_path / "models" / "qata_10pct")
+    (tmp_path / "scans").mkdir()
+    _two_good(tmp_path / "scans")
+    shutil.copy(tmp_path / "scans" / "a.png", tmp_path / "a.png")
+    (tmp_path / "b.dcm").write_bytes(dicom(np.full((70, 60), 120, np.uint8)))
+    (tmp_path / "reports.csv").write_text("Image,Description\nmask_a.png,upper left lung\nb.dcm,lower right lung\n")
+    monkeypatch.chdir(tmp_path)
+    lines = [c for c in readme_commands() if c[0] == "medref"]
+    assert {c[1] for c in lines} == {"predict", "export"} and len(lines) == 4
+    for c in lines:
+        shutil.rmtree(tmp_path / "pred", ignore_errors=True)
+        assert cli.main(c[1:]) == 0, c
+        if c[1] == "predict":
+            masks = sorted(p.name for p in (tmp_path / "pred" / "masks").iterdir())
+            assert masks == (["mask_a.png", "mask_b.png"])
+            if "--tta" in c:  # the DICOM line: its mask at the DICOM's own size, probabilities and overlays
+                assert Image.open(tmp_path / "pred" / "masks" / "mask_b.png").size == (60, 70)
+                assert (tmp_path / "pred" / "probs" / "prob_b.png").is_file()
+                assert (tmp_path / "pred" / "overlays" / "b.png").is_file()
+    assert (tmp_path / "qata_10pct.onnx.json").is_file() and (tmp_path / "qata_10pct.pt").is_file()
