@@ -309,40 +309,57 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     print(f"[predict] {where(model_dir, paths.eval_dir(regime) if own else None)}", file=sys.stderr)
     region_params = _region_params(params_file)
     bs = batch_size or int(ep.get("batch_size", 32))
-    rows = []
-    first_mask_s = None
+    threshold, min_size = ep["threshold"], int(ep.get("min_component_size", 0))
+    batches = [items[i:i + bs] for i in range(0, len(items), bs)]
+    first_mask: list[float] = []
+
+    def read(batch: list[Item]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        originals = [load_image(it.path, rule) for it in batch]
+        return originals, [to_model_size(im, size) for im in originals]
+
+    def write(tmp: Path, batch: list[Item], originals, small, prob: np.ndarray, masks: np.ndarray) -> list[dict]:
+        out = []
+        for it, orig, sm, p, mask in zip(batch, originals, small, prob, masks, strict=True):
+            big, big_p = _back(mask, p, orig.shape)
+            (tmp / "masks" / f"mask_{it.id}.png").write_bytes(_png(big * np.uint8(255)))
+            if not first_mask:
+                first_mask.append(time.perf_counter() - t0)
+            if probs:
+                (tmp / "probs" / f"prob_{it.id}.png").write_bytes(_png(np.rint(big_p * 65535.0).astype(np.uint16)))
+            if overlay:
+                (tmp / "overlays" / f"{it.id}.png").write_bytes(_png(_overlay(orig, big)))
+            reg = mask_to_regions(mask, sm, **region_params)
+            conf = np.where(mask > 0, p, 1.0 - p)  # how sure each pixel's decision is
+            out.append({"id": it.id, "image": str(it.path), "text": it.text or "",
+                        "lesion_pixels": int(big.sum()), "lesion_fraction": round(float(big.mean()), 6),
+                        "regions": "" if reg is None else "".join(map(str, reg)),
+                        "mean_confidence": round(float(conf.mean()), 6), "model_sha256": predictor.sha256})
+        return out
+
+    from concurrent.futures import ThreadPoolExecutor
+
     with atomic_dir(out_dir) as tmp:
         for sub in ("masks", *(["probs"] if probs else []), *(["overlays"] if overlay else [])):
             (tmp / sub).mkdir()
         bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress, file=sys.stderr)
-        for start in range(0, len(items), bs):
-            batch = items[start:start + bs]
-            originals = [load_image(it.path, rule) for it in batch]
-            small = [to_model_size(im, size) for im in originals]
-            x = torch.from_numpy(np.stack(small).astype(np.float32)[:, None]).mul_(1.0 / 255.0)
-            texts = [it.text or "" for it in batch]
-            p = predictor.predict(x, texts, tta=tta).float().numpy()
-            if p.shape[1] != 1:
-                raise MedrefError(f"{model_dir}: a {p.shape[1]}-class model; `medref predict` writes binary masks "
-                                  "(multi-class volume models are scored by `medref eval`)")
-            masks = postprocess(p, ep["threshold"], int(ep.get("min_component_size", 0)))
-            for it, orig, sm, prob, mask in zip(batch, originals, small, p[:, 0], masks, strict=True):
-                big, big_p = _back(mask, prob, orig.shape)
-                (tmp / "masks" / f"mask_{it.id}.png").write_bytes(_png(big * np.uint8(255)))
-                if first_mask_s is None:
-                    first_mask_s = time.perf_counter() - t0
-                if probs:
-                    (tmp / "probs" / f"prob_{it.id}.png").write_bytes(
-                        _png(np.rint(big_p * 65535.0).astype(np.uint16)))
-                if overlay:
-                    (tmp / "overlays" / f"{it.id}.png").write_bytes(_png(_overlay(orig, big)))
-                reg = mask_to_regions(mask, sm, **region_params)
-                conf = np.where(mask > 0, prob, 1.0 - prob)  # how sure each pixel's decision is
-                rows.append({"id": it.id, "image": str(it.path), "text": it.text or "",
-                             "lesion_pixels": int(big.sum()), "lesion_fraction": round(float(big.mean()), 6),
-                             "regions": "" if reg is None else "".join(map(str, reg)),
-                             "mean_confidence": round(float(conf.mean()), 6), "model_sha256": predictor.sha256})
-            bar.update(len(batch))
+        # One helper thread reads the next batch and writes the last one while the network runs on this one
+        # (torch releases the GIL): the files cost no wall time of their own. Results keep the input order.
+        written = []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(read, batches[0])
+            for k, batch in enumerate(batches):
+                originals, small = ahead.result()
+                if k + 1 < len(batches):
+                    ahead = pool.submit(read, batches[k + 1])
+                x = torch.from_numpy(np.stack(small).astype(np.float32)[:, None]).mul_(1.0 / 255.0)
+                p = predictor.predict(x, [it.text or "" for it in batch], tta=tta).float().numpy()
+                if p.shape[1] != 1:
+                    raise MedrefError(f"{model_dir}: a {p.shape[1]}-class model; `medref predict` writes binary "
+                                      "masks (multi-class volume models are scored by `medref eval`)")
+                masks = postprocess(p, threshold, min_size)
+                written.append(pool.submit(write, tmp, batch, originals, small, p[:, 0], masks))
+                bar.update(len(batch))
+            rows = [r for f in written for r in f.result()]
         bar.close()
         with open(tmp / "predictions.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -353,6 +370,6 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
                    "min_component_size": int(ep.get("min_component_size", 0)), "eval_params_from": ep_source,
                    "image_size": size, "intensity": rule.mode, "tta": tta, "device": dev, "n": len(rows)}
         write_json(tmp / "predict.json", summary)
-    print(f"[predict] {len(rows)} masks -> {out_dir}/masks/ (threshold {ep['threshold']} from {ep_source}); "
-          f"first mask after {first_mask_s:.2f} s, all after {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    print(f"[predict] {len(rows)} masks -> {out_dir}/masks/ (threshold {threshold} from {ep_source}); "
+          f"first mask after {first_mask[0]:.2f} s, all after {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return summary
