@@ -43,17 +43,16 @@ def _params(repo_root: Path, method: str) -> Params:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, repo_root):
     """A text-guided and an image-only model trained 3 steps on the tiny synthetic shards."""
-    import os
-
-    os.environ["MEDREF_PROGRESS"] = "0"
     root = tmp_path_factory.mktemp("predict")
     data = make_dataset(root / "data")
     out = {"data": data, "root": root}
-    for method in ("supervised", "image_only"):
-        params = _params(repo_root, method)
-        out[method] = train_run(params, "tiny", data["shards_dir"], data["labels_file"], data["split_file"],
-                                root / method / "model", root / method / "run")
-        out[f"{method}_params"] = params
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDREF_PROGRESS", "0")
+        for method in ("supervised", "image_only"):
+            params = _params(repo_root, method)
+            out[method] = train_run(params, "tiny", data["shards_dir"], data["labels_file"], data["split_file"],
+                                    root / method / "model", root / method / "run")
+            out[f"{method}_params"] = params
     return out
 
 
@@ -228,6 +227,11 @@ def test_bad_input_is_one_clear_error_and_leaves_nothing(case, trained, tmp_path
     elif case == "empty_folder":
         (tmp_path / "empty").mkdir()
         _bad(trained, tmp_path, lambda t: [str(t / "empty")], "holds no image files", text="x")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_without_a_gpu_is_one_clear_error(trained, tmp_path):
+    _bad(trained, tmp_path, _two_good, "--device cuda: no CUDA device", text="x", device="cuda")
 
 
 def test_out_folder_that_is_not_a_prediction_is_refused_untouched(trained, tmp_path):
