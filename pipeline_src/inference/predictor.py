@@ -1,4 +1,4 @@
-"""Inference: load a trained model folder and predict, for ``medref eval`` (and any other consumer of a model).
+"""Inference: load a trained model folder and predict, for ``medref eval`` and ``medref predict``.
 
     from pipeline_src.inference.predictor import load_predictor
     p = load_predictor("models/qata_10pct")          # verifies model.pt against provenance.json's sha256
