@@ -180,6 +180,9 @@ def test_threshold_comes_from_the_regimes_eval_metrics(trained, tmp_path, monkey
     assert (s["threshold"], s["min_component_size"], s["eval_params_from"]) == (0.37, 3, str(Path("metrics/tiny.json")))
     s = P.run("tiny", [str(img)], tmp_path / "o2", text="lower left lung", threshold=0.8, progress=False)
     assert (s["threshold"], s["eval_params_from"]) == (0.8, "--threshold")
+    (tmp_path / "metrics" / "tiny.json").write_text(json.dumps({"eval_params": {"threshold": 7}}))
+    with pytest.raises(MedrefError, match=r"metrics/tiny\.json: eval_params are not valid .*--threshold"):
+        P.run("tiny", [str(img)], tmp_path / "o3", text="lower left lung", progress=False)
 
 
 def _bad(trained, tmp_path, make, match: str, **kw):
@@ -187,7 +190,7 @@ def _bad(trained, tmp_path, make, match: str, **kw):
     images = make(tmp_path)
     out = tmp_path / "out"
     with pytest.raises(MedrefError, match=match):
-        P.run(str(kw.pop("model", trained["supervised"])), images, out, progress=False, batch_size=1, **kw)
+        P.run(str(kw.pop("model", trained["supervised"])), images, out, progress=False, **{"batch_size": 1, **kw})
     assert not out.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")], "temp output left behind"
 
@@ -202,7 +205,7 @@ def _two_good(tmp: Path, bad: bytes | None = None) -> list[str]:
 
 
 @pytest.mark.parametrize("case", ["missing_text", "csv_without_row", "empty_text", "blank_csv_text", "corrupt_last",
-                                  "no_such_image", "threshold", "unknown_regime", "empty_folder"])
+                                  "no_such_image", "threshold", "batch_size", "unknown_regime", "empty_folder"])
 def test_bad_input_is_one_clear_error_and_leaves_nothing(case, trained, tmp_path):
     csv_file = tmp_path / "t.csv"
     if case == "missing_text":
@@ -222,6 +225,8 @@ def test_bad_input_is_one_clear_error_and_leaves_nothing(case, trained, tmp_path
         _bad(trained, tmp_path, lambda t: [str(t / "nope.png")], r"nope\.png: --images: no such file")
     elif case == "threshold":
         _bad(trained, tmp_path, _two_good, "--threshold 1.5", text="x", threshold=1.5)
+    elif case == "batch_size":
+        _bad(trained, tmp_path, _two_good, "--batch-size 0: must be at least 1", text="x", batch_size=0)
     elif case == "unknown_regime":
         _bad(trained, tmp_path, _two_good, "neither a model folder nor a regime", model="no_such_regime", text="x")
     elif case == "empty_folder":

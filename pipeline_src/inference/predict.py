@@ -160,7 +160,13 @@ def eval_settings(model_dir: Path, regime: str | None, params_file: Path | None)
                 raise MedrefError(f"{mf}: not valid JSON ({e}); restore it (`dvc checkout {mf}`) or pass "
                                   "--threshold") from e
             if ep:
-                return EvalParams.model_validate(ep).model_dump(), str(mf)
+                # only the keys predict uses: a metrics file from another version may hold keys this one lacks
+                keys = ("threshold", "min_component_size", "batch_size")
+                try:
+                    return EvalParams.model_validate({k: ep[k] for k in keys if k in ep}).model_dump(), str(mf)
+                except ValueError as e:
+                    raise MedrefError(f"{mf}: eval_params are not valid ({' '.join(str(e).split())}); re-run "
+                                      f"`medref eval {regime}` or pass --threshold") from None
     if (prm := project_params(params_file)) is not None:
         return prm.eval.model_dump(), f"{params_file or 'params.yaml'} (eval)"
     return EvalParams().model_dump(), "defaults (no metrics file, no params.yaml)"
@@ -272,6 +278,8 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
         raise MedrefError("--text is empty: give the report sentence that names where the lesion is")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise MedrefError(f"--threshold {threshold}: must be between 0 and 1 (exclusive)")
+    if batch_size is not None and batch_size < 1:
+        raise MedrefError(f"--batch-size {batch_size}: must be at least 1")
     out_dir = Path(out_dir)
     model_dir = resolve_model(target)
     files = collect_images(images)
