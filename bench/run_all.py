@@ -6,7 +6,8 @@
 
 Runs bench/bench_data.py (shard readers vs PNG Dataset, preprocess time / peak RSS), bench/bench_train.py
 (CPU train-step samples/s, supervised + semi_medref) and bench/bench_pipeline.py (no-op dvc repro /
-snakemake -n, `medref --help`, loader samples/s, demo repro time in --full), each as a child process.
+snakemake -n, `medref --help`, loader samples/s, demo repro time in --full) and bench/bench_predict.py
+(`medref predict` images/s against eval's inner loop, start-up to the first mask), each as a child process.
 Writes bench/results/<bench>.json and bench/results/run_all[_full].json (git-ignored), with the machine
 load average before and after: figures from a loaded machine are marked so.
 """
@@ -69,6 +70,10 @@ def main() -> None:
     pipe_json = RESULTS / ("bench_pipeline_full.json" if a.full else "bench_pipeline.json")
     sh([sys.executable, "bench/bench_pipeline.py", *(["--full"] if a.full else []), "--out", str(pipe_json)])
     pipe = json.loads(pipe_json.read_text())
+    pred_json = RESULTS / "bench_predict.json"
+    sh([sys.executable, "bench/bench_predict.py", *(["--n", "4", "--size", "64"] if a.smallest else []),
+        "--out", str(pred_json)])
+    pred = json.loads(pred_json.read_text())
 
     sps, ratios = data["samples_per_s"], data["ratios"]
     rows = [
@@ -96,6 +101,13 @@ def main() -> None:
             pipe["snakemake_dry_run_s"] <= 1.5),
         row("medref --help", pipe["medref_help_s"], "s"),
         row("medref --help imports torch", pipe["help_imports_torch"], "", "no", not pipe["help_imports_torch"]),
+    ]
+    rows += [
+        row(f"predict / eval inner loop (CPU, {pred['size']}^2)", pred["predict_over_eval"], "x", ">= 0.9",
+            pred["predict_over_eval"] >= 0.9),
+        row("predict", pred["predict_images_per_s"], "images/s"),
+        row("medref predict start-up to first mask", pred["startup_to_first_mask_s"], "s", "<= 2 s",
+            pred["startup_to_first_mask_s"] <= 2),
     ]
     if "dvc_repro_from_scratch_s" in pipe:
         rows.append(row("demo dvc repro from scratch (make run)", pipe["dvc_repro_from_scratch_s"], "s", "<= ~180 s",

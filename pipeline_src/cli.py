@@ -13,6 +13,8 @@ nothing else. Heavy modules (torch, pyarrow) are imported inside the handlers so
     medref eval qata_10pct        # metrics/qata_10pct.json + eval/qata_10pct/
     medref study qata             # studies/qata.json + studies/qata/
     medref report                 # reports/
+    medref predict qata_10pct --images x.png --text "..." --out pred/   # not a stage: use a trained model
+    medref export qata_10pct --format torchscript --out qata.pt          # + qata.pt.json (preprocessing)
 
 Paths are relative to the repository root (the folder with dvc.yaml and params.yaml). Started
 in a sub-folder of it, ``medref`` turns the paths given on its command line into absolute ones
@@ -32,7 +34,7 @@ from pipeline_src import paths
 DEFAULT_PARAMS = "params.yaml"
 # Arguments that name files or folders: made absolute before medref moves to the repository root.
 PATH_ARGS = ("params", "out", "raw", "shards", "labels", "split", "run_dir", "model", "eval_dir", "metrics",
-             "eval_root", "texts_file", "summary")
+             "eval_root", "texts_file", "summary", "texts_csv")
 
 
 def _params_file(args: argparse.Namespace) -> Path:
@@ -56,6 +58,8 @@ def _move_to_repo_root(args: argparse.Namespace) -> None:
             setattr(args, name, str(here / value))
     if getattr(args, "masks", None):
         args.masks = [str(here / m) for m in args.masks]
+    if getattr(args, "images", None):
+        args.images = [str(here / m) for m in args.images]
     print(f"[medref] running from the repository root {root}", file=sys.stderr)
     os.chdir(root)
 
@@ -216,6 +220,21 @@ def cmd_provenance(args: argparse.Namespace) -> None:
     print(json.dumps(verify.provenance(args.regime), indent=2, sort_keys=True))
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from pipeline_src.inference import predict
+
+    predict.run(args.model, args.images, Path(args.out), text=args.text,
+                texts_file=Path(args.texts_csv) if args.texts_csv else None, threshold=args.threshold,
+                probs=args.probs, overlay=args.overlay, tta=args.tta, device=args.device,
+                batch_size=args.batch_size, params_file=Path(args.params) if args.params else None)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pipeline_src.inference import export
+
+    export.run(args.model, args.format, Path(args.out), params_file=Path(args.params) if args.params else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medref", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=None, help=f"params file (default: {DEFAULT_PARAMS})")
@@ -296,6 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("provenance", cmd_provenance, "Print the provenance blocks of a regime's model and metrics.")
     sp.add_argument("regime")
+
+    sp = add("predict", cmd_predict, "Segment new images (PNG/JPEG/TIFF/DICOM) with a trained model; not a stage.")
+    sp.add_argument("model", help="a regime (models/<regime>) or a model folder")
+    sp.add_argument("--images", nargs="+", required=True, help="image files and/or folders of them")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--text", help="one report text for every image")
+    g.add_argument("--texts", dest="texts_csv", help="CSV/xlsx of image name -> text (LViT/download conventions)")
+    sp.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    sp.add_argument("--threshold", type=float, help="probability -> mask (default: the regime's eval params)")
+    sp.add_argument("--probs", action="store_true", help="also write 16-bit probability maps")
+    sp.add_argument("--overlay", action="store_true", help="also write overlay PNGs")
+    sp.add_argument("--tta", choices=["flip"], default=None, help="test-time augmentation (text sides swapped)")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sp.add_argument("--batch-size", type=int, default=None, help="default: the eval params' batch size")
+
+    sp = add("export", cmd_export, "Export a trained model to TorchScript or ONNX, with a preprocessing JSON.")
+    sp.add_argument("model", help="a regime (models/<regime>) or a model folder")
+    sp.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    sp.add_argument("--out", required=True, help="exported file (.pt / .onnx); <out>.json is its preprocessing")
     return ap
 
 

@@ -45,3 +45,17 @@ def shared_data() -> Path:
             pytest.fail(f"CI=true but the real data fixture is missing at {SHARED_DATA}")
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def origin(tmp_path_factory) -> Path:
+    """A scratch repo whose qata_10pct chain ran (``dvc repro eval@qata_10pct``, dvc.lock committed): the origin of
+    the sharing round trips and of pull-then-predict. Slow (minutes), so built once per session."""
+    from tests.pipeline_utils import make_scratch_repo, run, tool
+
+    regime = "qata_10pct"
+    repo = make_scratch_repo(tmp_path_factory.mktemp("origin") / "repo", regimes=[regime])
+    run([tool("dvc"), "repro", f"eval@{regime}"], repo)
+    run(["git", "add", "dvc.lock"], repo)
+    run(["git", "commit", "-q", "-m", "record results"], repo)
+    return repo

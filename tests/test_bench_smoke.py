@@ -20,12 +20,12 @@ def test_run_all_smallest_prints_table_and_writes_json(repo_root):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "medref benchmarks (smallest)" in res.stdout
     for figure in ("shard Dataset vs PNG Dataset", "loader / train step", "no-op dvc repro", "snakemake -n",
-                   "medref --help imports torch"):
+                   "medref --help imports torch", "predict / eval inner loop", "medref predict start-up"):
         assert figure in res.stdout, figure
     summary = json.loads((repo_root / "bench/results/run_all.json").read_text())
     assert summary["mode"] == "smallest" and summary["load_before"]
     values = {r["figure"]: r["value"] for r in summary["rows"]}
     assert all(v is not None for v in values.values()), values
     assert values["medref --help imports torch"] is False
-    for name in ("bench_data.json", "bench_train.json", "bench_pipeline.json"):
+    for name in ("bench_data.json", "bench_train.json", "bench_pipeline.json", "bench_predict.json"):
         assert json.loads((repo_root / "bench/results" / name).read_text())

@@ -18,24 +18,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.pipeline_utils import make_scratch_repo, run, tool
+from tests.pipeline_utils import run, tool
 
 pytestmark = pytest.mark.slow
 
-REGIME = "qata_10pct"
+REGIME = "qata_10pct"  # the regime of the session's `origin` repo (tests/conftest.py)
 
 
 def ran_stages(stdout: str) -> list[str]:
     return [line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage")]
-
-
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory) -> Path:
-    repo = make_scratch_repo(tmp_path_factory.mktemp("origin") / "repo", regimes=[REGIME])
-    run([tool("dvc"), "repro", f"eval@{REGIME}"], repo)
-    run(["git", "add", "dvc.lock"], repo)
-    run(["git", "commit", "-q", "-m", "record results"], repo)
-    return repo
 
 
 def _clone(origin: Path, dest: Path) -> Path:

@@ -73,7 +73,7 @@ class DatasetParams(Strict):
 
 
 class PreprocessParams(Strict):
-    image_size: int = Field(128, ge=16)
+    image_size: int = Field(64, ge=16)
     row_group_size: int = Field(256, ge=1)
     # rows per part-*.parquet file (a multiple of row_group_size keeps row groups full)
     shard_rows: int = Field(4096, ge=1)

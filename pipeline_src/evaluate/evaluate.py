@@ -11,8 +11,8 @@ Multi-class volumes (kind volumes): slices are re-stacked per case and scored in
 (:func:`evaluate_volumes`); per_sample.csv then has one row per case x class and per_class.md the table.
 
 eval/<regime>/ holds per_sample.csv, dice_hist.png, overlays/<kind>_<k>.png for the best, median and
-worst samples, and samples.npz (those samples' image, mask, prediction, text) so that ``report``
-never needs a model.
+worst samples, samples.npz (those samples' image, mask, prediction, text) so that ``report``
+never needs a model, and MODEL.md: the model folder's card completed with these metrics.
 """
 
 from __future__ import annotations
@@ -234,6 +234,7 @@ def run(
             from pipeline_src.evaluate.multiclass import format_table
 
             (tmp / "per_class.md").write_text(format_table(summary))
+            _write_card(tmp, model_dir, metrics)
         write_json(metrics_file, metrics)
         return metrics
 
@@ -279,8 +280,18 @@ def run(
             f"{regime}: per-image Dice on {split} (n={summary['n']})",
         )
         _write_overlays(tmp, dataset, per_sample, packed, shape, ep.overlays_per_kind, regime)
+        _write_card(tmp, model_dir, metrics)
     write_json(metrics_file, metrics)
     return metrics
+
+
+def _write_card(out: Path, model_dir: Path, metrics: dict) -> None:
+    """eval/<regime>/MODEL.md: train's card completed with these metrics (models/<regime>/ is train's output,
+    never modified here)."""
+    from pipeline_src.inference.card import CARD, complete
+
+    if (text := complete(model_dir, metrics)) is not None:
+        (out / CARD).write_text(text)
 
 
 def _require_trained_on(model_dir: Path, shards_dir: Path, regime: str) -> None:

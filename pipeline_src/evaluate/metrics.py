@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline_src.inference.postprocess import postprocess  # noqa: F401  (the one mask rule, shared with predict)
+
 # Text-named lung regions ("left" is IMAGE-left), owned by the parser that produces the region vectors.
 from pipeline_src.labels.text_parser import REGIONS
 from pipeline_src.models.metrics import dice_iou_from_counts  # the one Dice rule, shared with training
@@ -209,23 +211,6 @@ def per_region(rows: dict[str, np.ndarray], regions: np.ndarray) -> dict[str, di
         out[name] = {"n": int(sel.sum()), "dice": _mean(dice[sel]), "iou": _mean(iou[sel])}
     out["unknown"] = {"n": int(unknown.sum()), "dice": _mean(dice[unknown]), "iou": _mean(iou[unknown])}
     return out
-
-
-def postprocess(prob: np.ndarray, threshold: float, min_component_size: int = 0) -> np.ndarray:
-    """Threshold probabilities and drop 8-connected components smaller than ``min_component_size`` pixels."""
-    m = _as_bool(np.asarray(prob) > threshold)
-    if min_component_size > 0:
-        from scipy import ndimage
-
-        structure = np.ones((3, 3), dtype=bool)
-        for i in range(len(m)):
-            lab, k = ndimage.label(m[i], structure=structure)
-            if k:
-                sizes = np.bincount(lab.ravel())
-                small = sizes < min_component_size
-                small[0] = False
-                m[i][small[lab]] = False
-    return m.astype(np.uint8)
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""Inference: load a trained model folder and predict, for ``medref eval`` (and any other consumer of a model).
+"""Inference: load a trained model folder and predict, for ``medref eval`` and ``medref predict``.
 
     from pipeline_src.inference.predictor import load_predictor
     p = load_predictor("models/qata_10pct")          # verifies model.pt against provenance.json's sha256
     probs = p.predict(images, texts)                 # [B,1,H,W] (binary) or [B,C,H,W] (multi-class)
+    probs = p.predict(images, texts, tta="flip")     # mean with the mirrored view (its text's sides swapped)
 
 A model folder (``models/<regime>/``, or a copy of one) holds ``model.pt`` = ``{state_dict, model_config, method,
 regime}``; the architecture comes from the file (``model_config``), not from the current params, so a folder pulled
@@ -21,24 +22,54 @@ from pipeline_src.errors import MedrefError
 
 
 class Predictor:
-    """Frozen network for evaluation: ``predict`` -> probabilities, ``embed`` -> (image_emb, text_emb)."""
+    """Frozen network for evaluation: ``predict`` -> probabilities, ``embed`` -> (image_emb, text_emb).
 
-    def __init__(self, net: torch.nn.Module, tokenize, config: dict, method: str, device: str = "cpu"):
+    ``bf16``: run the forward under CUDA bfloat16 autocast (``medref predict`` on a GPU); ``eval`` keeps float32
+    so its metrics do not depend on it. ``sha256`` is model.pt's digest (``predictions.csv`` names the model).
+    ``config`` is the folder's config.json; its ``input`` block (image size, intensity rule) is how the shards the
+    model was trained on were made, which ``medref predict`` repeats for a new image."""
+
+    def __init__(self, net: torch.nn.Module, tokenize, config: dict, method: str, device: str = "cpu",
+                 bf16: bool = False, sha256: str | None = None, model_config=None):
         self.net = net.to(device).eval()
         self.tokenize, self.config, self.method, self.device = tokenize, config, method, device
+        self.bf16, self.sha256 = bf16 and str(device).startswith("cuda"), sha256
+        self.model_config = model_config  # ModelParams: what export's sidecar describes (context length, tower)
+
+    @property
+    def uses_text(self) -> bool:
+        return bool(self.net.uses_text)
 
     def _forward(self, images: torch.Tensor, texts: list[str]) -> dict:
         images = images.to(self.device, torch.float32)
         if len(texts) != len(images):
             raise MedrefError(f"predict: {len(images)} images but {len(texts)} texts")
         tokens = self.tokenize(list(texts)).to(self.device) if self.net.uses_text else None
+        if self.bf16:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.net(images, tokens)
         return self.net(images, tokens)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """[B,1,H,W] foreground probability (binary model) or [B,C,H,W] class probabilities (softmax, C > 1)."""
+    def _probs(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         logits = self._forward(images, texts)["logits"].float()
-        return (torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)).cpu()
+        return torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, texts: list[str], tta: str | None = None) -> torch.Tensor:
+        """[B,1,H,W] foreground probability (binary model) or [B,C,H,W] class probabilities (softmax, C > 1).
+
+        ``tta="flip"``: the mean with the prediction on the mirrored images, mirrored back. A text-guided model
+        reads the mirrored view with its text's left/right words swapped (the training flip's rule,
+        ``text_parser.flip_text``): "left" names image-left, which the mirror moves to the right."""
+        probs = self._probs(images, texts)
+        if tta == "flip":
+            from pipeline_src.labels.text_parser import flip_text
+
+            flipped = [flip_text(t) for t in texts] if self.net.uses_text else list(texts)
+            probs = (probs + self._probs(images.flip(-1), flipped).flip(-1)) / 2
+        elif tta is not None:
+            raise MedrefError(f"predict: unknown test-time augmentation {tta!r}; known: flip")
+        return probs.cpu()
 
     @torch.no_grad()
     def pooled_features(self, images: torch.Tensor, texts: list[str], stage: int) -> torch.Tensor:
@@ -59,8 +90,8 @@ def _recover(model_dir: Path) -> str:
             f"`medref train {model_dir.name}`)")
 
 
-def _verify_model_file(model_dir: Path, path: Path) -> None:
-    """model.pt against the sha256 that training recorded in provenance.json (older models have none)."""
+def _verify_model_file(model_dir: Path, path: Path) -> str:
+    """model.pt against the sha256 that training recorded in provenance.json (older models have none); its digest."""
     from pipeline_src.utils.io import sha256_file
 
     prov = model_dir / "provenance.json"
@@ -68,12 +99,14 @@ def _verify_model_file(model_dir: Path, path: Path) -> None:
         expected = json.loads(prov.read_text()).get("model_sha256") if prov.is_file() else None
     except ValueError as e:
         raise MedrefError(f"{prov}: not valid JSON ({e}); {_recover(model_dir)}") from e
-    if expected is not None and (digest := sha256_file(path)) != expected:
+    digest = sha256_file(path)
+    if expected is not None and digest != expected:
         raise MedrefError(f"{path}: corrupted or modified model file (sha256 {digest[:12]} != {expected[:12]} "
                           f"recorded in {prov.name}); {_recover(model_dir)}")
+    return digest
 
 
-def load_predictor(model_dir: str | Path, device: str = "cpu") -> Predictor:
+def load_predictor(model_dir: str | Path, device: str = "cpu", bf16: bool = False) -> Predictor:
     from pipeline_src.models import build_model
     from pipeline_src.models.params import ModelParams
     from pipeline_src.models.text import build_tokenizer
@@ -82,7 +115,7 @@ def load_predictor(model_dir: str | Path, device: str = "cpu") -> Predictor:
     path = model_dir / "model.pt"
     if not path.is_file():
         raise MedrefError(f"{path}: no trained model (run `medref train` for this regime first)")
-    _verify_model_file(model_dir, path)
+    digest = _verify_model_file(model_dir, path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle error...: all mean a damaged file
@@ -97,4 +130,5 @@ def load_predictor(model_dir: str | Path, device: str = "cpu") -> Predictor:
     cfg_file = model_dir / "config.json"
     config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
     tok = build_tokenizer(mcfg.context_length, mcfg.text_weights)
-    return Predictor(net, lambda texts: tok(texts), config, blob["method"], device)
+    return Predictor(net, lambda texts: tok(texts), config, blob["method"], device, bf16=bf16, sha256=digest,
+                     model_config=mcfg)

@@ -5,7 +5,7 @@
 
 Reads: shards (train + val), the pseudo-label parquet (text regions + position-word spans), the regime's
 split file and ``params.train`` (with the regime's overrides) + ``base.seed``.
-Writes: ``models/<regime>/`` atomically (model.pt, config.json, provenance.json, live/ = DVCLive) and
+Writes: ``models/<regime>/`` atomically (model.pt, config.json, provenance.json, MODEL.md, live/ = DVCLive) and
 resumable checkpoints in ``runs/<regime>/last.pt``.
 
 Determinism: on CPU the same params and inputs give bit-identical weights, and a resumed run ends with the
@@ -18,6 +18,7 @@ draws from them).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -29,12 +30,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline_src.data.shards import load_manifest
 from pipeline_src.errors import MedrefError
 from pipeline_src.labels.table import Label, read_labels
 from pipeline_src.models import build_model
 from pipeline_src.models.metrics import class_dice_from_counts, dice_iou_from_counts
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.train import checkpoint as ckpt_io
+from pipeline_src.train import model_card
 from pipeline_src.train.methods import METHODS
 from pipeline_src.utils.io import atomic_dir, disk_full_is_error, sha256_file, sha256_json, write_json
 
@@ -446,14 +449,21 @@ def export(s: RunState, params, out_dir: Path) -> Path:
               "n_unlabelled": len(s.unl) if s.unl else 0, "batch_size": s.bs_l, "unlabelled_batch_size": s.bs_u,
               "device": s.device.type, "train": cfg.model_dump(mode="json")}
     p = s.paths
+    manifest = load_manifest(p["shards_dir"])
+    # How the training images were made: `medref predict` repeats it on a new image (size, intensity rule).
+    config["input"] = {"image_size": manifest.get("image_size"), "kind": manifest.get("kind"),
+                       **{k: v for k, v in (manifest.get("params") or {}).items() if k.startswith("intensity")}}
     with _disk_full(out_dir, s.regime), atomic_dir(out_dir) as tmp:
         sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         ckpt_io.save_torch({"state_dict": sd, "model_config": cfg.model.model_dump(mode="json"),
                             "method": s.method_name, "regime": s.regime}, tmp / "model.pt")
         write_json(tmp / "config.json", config)
         # model_sha256: loading the model checks it, so a modified/truncated model.pt is caught before use
-        write_json(tmp / "provenance.json", {"model_sha256": sha256_file(tmp / "model.pt"), **_provenance(
-                   params, s.regime, p["shards_dir"], p["labels_file"], p["split_file"], s.step)})
+        digest = sha256_file(tmp / "model.pt")
+        prov = _provenance(params, s.regime, p["shards_dir"], p["labels_file"], p["split_file"], s.step)
+        write_json(tmp / "provenance.json", {"model_sha256": digest, **prov})
+        split = json.loads(Path(p["split_file"]).read_text())
+        (tmp / model_card.CARD).write_text(model_card.render(s.regime, config, prov, digest, manifest, split))
         _write_live(tmp / "live", s.history, config)
     # Wall time is not part of any output (outputs must be byte-identical whichever engine or host ran
     # them); it goes to the run folder and the log.

@@ -29,6 +29,7 @@ rule report:
         SHARED_CODE,
         "pipeline_src/labels/text_parser.py",
         "pipeline_src/models/metrics.py",
+        "pipeline_src/inference/postprocess.py",
         "pipeline_src/data/shards.py",
         "pipeline_src/data/volumes.py",
         "pipeline_src/evaluate/report.py",

@@ -1,0 +1,383 @@
+"""``medref predict``: segment new images (with their report texts) with a trained model folder.
+
+    medref predict qata_10pct --images scans/ --texts reports.csv --out predictions/
+    medref predict models/qata_10pct --images a.png b.dcm --text "Unilateral pulmonary infection, one infected area, lower left lung." --out pred/ --probs --overlay --tta flip
+
+Not a pipeline stage: it reads a model folder (``models/<regime>`` or any copy of one, e.g. pulled with
+``dvc pull models/<regime>``) and images, and writes ``--out`` atomically (a failure leaves nothing there):
+
+  masks/mask_<stem>.png     {0,255} at the image's own size (the model-size mask, nearest-resized back)
+  probs/prob_<stem>.png     with --probs: 16-bit probability map (value / 65535), bilinear-resized back
+  overlays/<stem>.png       with --overlay: the image with the mask in red
+  predictions.csv           id, image, text, lesion_pixels, lesion_fraction, regions (6 digits, REGIONS order,
+                            empty for an empty mask), mean_confidence, model_sha256
+  predict.json              the model folder, its digest, threshold and where it came from, TTA, device
+
+An image is read like ``medref preprocess`` reads one (``pipeline_src/data/imageio.py``, DICOM included, with
+the intensity rule the training shards used, from the model's config.json) and resized to the training size
+the same way (bilinear), so an image of the test split gives eval's mask bit for bit. The threshold and
+``min_component_size`` are eval's: ``--threshold``, else the regime's ``metrics/<regime>.json`` eval params,
+else params.yaml's ``eval`` section, else the defaults.
+
+Texts: ``--text`` for every image, or ``--texts`` a CSV / xlsx table read as ``medref download`` reads LViT's
+(first column the image or mask file name, ``mask_<image name>`` or the image's stem, second the text).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline_src import paths
+from pipeline_src.errors import MedrefError
+
+DICOM_EXTS = (".dcm", ".dicom")
+CSV_COLUMNS = ("id", "image", "text", "lesion_pixels", "lesion_fraction", "regions", "mean_confidence",
+               "model_sha256")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    path: Path
+    text: str | None
+
+
+def resolve_model(target: str) -> Path:
+    """A model folder given as a path, or a regime's ``models/<regime>``."""
+    p = Path(target)
+    if p.is_dir():
+        return p
+    regime_dir = paths.model_dir(p.name)
+    if regime_dir.is_dir():
+        return regime_dir
+    raise MedrefError(f"{target}: neither a model folder nor a regime with a model in {regime_dir}; train it "
+                      f"(`medref train {p.name}`) or fetch it (`dvc pull {regime_dir}`)")
+
+
+def collect_images(args: list[str]) -> list[Path]:
+    """Files as given (any extension: the content decides), folders' image and DICOM files (sorted, not recursive)."""
+    from pipeline_src.data.layouts import IMAGE_EXTS
+
+    out: list[Path] = []
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith(".")
+                           and q.suffix.lower() in IMAGE_EXTS + DICOM_EXTS)
+            if not found:
+                raise MedrefError(f"{p}: --images folder holds no image files ({', '.join(IMAGE_EXTS + DICOM_EXTS)})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise MedrefError(f"{p}: --images: no such file or folder")
+    if not out:
+        raise MedrefError("--images: no images given")
+    return out
+
+
+def _ids(images: list[Path]) -> list[str]:
+    from pipeline_src.data.layouts import nfc
+
+    ids: dict[str, Path] = {}
+    for im in images:
+        i = nfc(im.stem)
+        if i in ids:
+            raise MedrefError(f"{im} and {ids[i]} would both be written as mask_{i}.png; rename one of them")
+        ids[i] = im
+    return list(ids)
+
+
+def texts_for(images: list[Path], text: str | None, texts_file: Path | None) -> list[str | None]:
+    """Each image's text: ``text`` for all, or its row of ``texts_file`` (download's key conventions), else None."""
+    if text is not None:
+        return [text] * len(images)
+    if texts_file is None:
+        return [None] * len(images)
+    from pipeline_src.data.layouts import _lookup, read_text_table
+
+    if not texts_file.is_file():
+        raise MedrefError(f"{texts_file}: --texts file not found")
+    table = {k.lower(): t for k, t in read_text_table(texts_file)}
+    return [_lookup(table, im.name, f"mask_{im.name}", f"mask_{im.stem}.png", im.stem) for im in images]
+
+
+def check_texts(items: list[Item], uses_text: bool, texts_file: Path | None) -> None:
+    """A text-guided model needs a non-blank text per image; an image-only model ignores them."""
+    if not uses_text:
+        return
+    missing = [it.path.name for it in items if it.text is None]
+    if missing:
+        where = (f"no row in {texts_file} (keys tried: the image name, mask_<image name>, the stem)" if texts_file
+                 else "give --text \"...\" or --texts <csv>")
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise MedrefError(f"this model is text-guided and needs a report text for each image; missing for "
+                          f"{', '.join(missing[:3])}{more}: {where}")
+    blank = [it.path.name for it in items if not it.text.strip()]
+    if blank:
+        raise MedrefError(f"empty report text for {', '.join(blank[:3])}: a text-guided model needs the sentence "
+                          "that names where the lesion is")
+
+
+def project_params(params_file: Path | None):
+    """The params file given, else ./params.yaml when there is one (validated), else None: a model folder copied
+    out of any repository predicts without one."""
+    pf = Path(params_file or "params.yaml")
+    if not pf.is_file():
+        return None
+    st = pf.stat()
+    return _load_params(str(pf.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_params(path: str, mtime_ns: int, size: int):
+    # read once per command (threshold, region constants, thread count all come from it); the key has the
+    # file's mtime and size so that an edited file is read again in a long-lived process
+    from pipeline_src import params
+
+    return params.load(Path(path))
+
+
+def eval_settings(model_dir: Path, regime: str | None, params_file: Path | None) -> tuple[dict, str]:
+    """(eval params, where they came from): the regime's metrics file, else the params file, else defaults."""
+    from pipeline_src.params import EvalParams  # the composer: inference may not import the evaluate phase
+
+    if regime and Path(model_dir).resolve() == paths.model_dir(regime).resolve():
+        mf = paths.metrics_file(regime)
+        if mf.is_file():
+            try:
+                ep = json.loads(mf.read_text()).get("eval_params")
+            except ValueError as e:
+                raise MedrefError(f"{mf}: not valid JSON ({e}); restore it (`dvc checkout {mf}`) or pass "
+                                  "--threshold") from e
+            if ep:
+                # only the keys predict uses: a metrics file from another version may hold keys this one lacks
+                keys = ("threshold", "min_component_size", "batch_size")
+                try:
+                    return EvalParams.model_validate({k: ep[k] for k in keys if k in ep}).model_dump(), str(mf)
+                except ValueError as e:
+                    raise MedrefError(f"{mf}: eval_params are not valid ({' '.join(str(e).split())}); re-run "
+                                      f"`medref eval {regime}` or pass --threshold") from None
+    if (prm := project_params(params_file)) is not None:
+        return prm.eval.model_dump(), f"{params_file or 'params.yaml'} (eval)"
+    return EvalParams().model_dump(), "defaults (no metrics file, no params.yaml)"
+
+
+def _region_params(params_file: Path | None) -> dict:
+    prm = project_params(params_file)
+    return {} if prm is None else prm.pseudolabel.model_dump()
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MedrefError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
+    return device
+
+
+def input_spec(config: dict, model_dir: Path, params_file: Path | None) -> tuple[int, object]:
+    from pipeline_src.data.imageio import IntensityRule
+
+    spec = config.get("input") or {}
+    size = spec.get("image_size")
+    if size is None:  # a model trained before config.json recorded its input
+        prm = project_params(params_file)
+        if prm is None:
+            raise MedrefError(f"{model_dir}/config.json does not record the training image size (an older model) "
+                              "and there is no params.yaml to take preprocess.image_size from")
+        pp = prm.preprocess
+        print(f"[predict] {model_dir}/config.json has no input size: using {params_file or 'params.yaml'}'s "
+              f"preprocess.image_size {pp.image_size}", file=sys.stderr)
+        return pp.image_size, IntensityRule(pp.intensity, tuple(pp.intensity_percentiles))
+    rule = IntensityRule(spec.get("intensity", "bits"), tuple(spec.get("intensity_percentiles", (1.0, 99.0))))
+    return int(size), rule
+
+
+def load_image(path: Path, rule) -> np.ndarray:
+    """uint8 [H, W] grey, as preprocess reads an image; one MedrefError naming the file otherwise."""
+    from pipeline_src.data.imageio import read_grey
+
+    try:
+        return read_grey(path.read_bytes(), "image", rule)
+    except ValueError as e:
+        raise MedrefError(f"{path}: {e}; accepted inputs are PNG/JPEG/TIFF/BMP (8 or 16 bit, grey, RGB or RGBA) "
+                          "and uncompressed or decodable single-frame DICOM") from None
+    except OSError as e:
+        raise MedrefError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def to_model_size(img: np.ndarray, size: int) -> np.ndarray:
+    """Preprocess's resize (pipeline_src/data/preprocess.py ``load_pair``): bilinear to size x size, uint8."""
+    from PIL import Image
+
+    if img.shape == (size, size):
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _overlay(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    rgb = np.repeat(img[..., None], 3, axis=2).astype(np.float32)
+    red = np.array([230.0, 30.0, 30.0], np.float32)
+    m = mask.astype(bool)
+    rgb[m] = 0.55 * rgb[m] + 0.45 * red
+    return np.rint(rgb).astype(np.uint8)
+
+
+def _back(mask: np.ndarray, prob: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Model-size mask (nearest) and probabilities (bilinear) resized back to the image's own size."""
+    from PIL import Image
+
+    if mask.shape == hw:
+        return mask, prob
+    size = (hw[1], hw[0])
+    m = np.asarray(Image.fromarray(mask * np.uint8(255)).resize(size, Image.Resampling.NEAREST)) > 127
+    p = np.asarray(Image.fromarray(prob.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+    return m.astype(np.uint8), np.clip(p, 0.0, 1.0)
+
+
+def _check_out(out_dir: Path, images: list[Path], texts_file: Path | None) -> None:
+    """--out is replaced as a whole: refuse a folder that is not an earlier prediction, or that holds an input."""
+    out = out_dir.resolve()
+    for f in [*images, *([texts_file] if texts_file else [])]:
+        if out == f.resolve() or out in f.resolve().parents:
+            raise MedrefError(f"--out {out_dir}: holds the input {f}; the output folder is replaced as a whole, "
+                              "choose a new folder")
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
+                                                      and not (out_dir / "predictions.csv").is_file())):
+        raise MedrefError(f"--out {out_dir}: exists and is not an earlier `medref predict` output (no "
+                          "predictions.csv); it would be replaced as a whole, so choose a new or empty folder")
+
+
+def run(target: str, images: list[str], out_dir: Path, *, text: str | None = None, texts_file: Path | None = None,
+        threshold: float | None = None, probs: bool = False, overlay: bool = False, tta: str | None = None,
+        device: str = "auto", batch_size: int | None = None, params_file: Path | None = None,
+        progress: bool = True) -> dict:
+    """Predict masks for ``images``; returns the predict.json summary. See the module docstring."""
+    t0 = time.perf_counter()
+    if text is not None and not text.strip():
+        raise MedrefError("--text is empty: give the report sentence that names where the lesion is")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise MedrefError(f"--threshold {threshold}: must be between 0 and 1 (exclusive)")
+    if batch_size is not None and batch_size < 1:
+        raise MedrefError(f"--batch-size {batch_size}: must be at least 1")
+    out_dir = Path(out_dir)
+    model_dir = resolve_model(target)
+    files = collect_images(images)
+    ids = _ids(files)
+    _check_out(out_dir, files, texts_file)
+    items = [Item(i, f, t) for i, f, t in zip(ids, files, texts_for(files, text, texts_file), strict=True)]
+    config_file = model_dir / "config.json"
+    try:
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    except ValueError as e:
+        raise MedrefError(f"{config_file}: not valid JSON ({e}); restore it with `dvc checkout {model_dir}`") from e
+    regime = config.get("regime") or model_dir.name
+    ep, ep_source = eval_settings(model_dir, regime, params_file)
+    if threshold is not None:
+        ep, ep_source = {**ep, "threshold": threshold}, "--threshold"
+    size, rule = input_spec(config, model_dir, params_file)
+
+    import torch
+    from tqdm import tqdm
+
+    from pipeline_src.inference.card import where
+    from pipeline_src.inference.postprocess import postprocess
+    from pipeline_src.inference.predictor import load_predictor
+    from pipeline_src.labels.mask_regions import mask_to_regions
+    from pipeline_src.utils.io import atomic_dir, write_json
+
+    dev = _pick_device(device)
+    if dev == "cpu" and (prm := project_params(params_file)) is not None:
+        # eval's thread count (base.cpu_threads): on CPU the thread count can change the float bits, and an
+        # image of the eval split must get eval's mask
+        torch.set_num_threads(prm.base.cpu_threads)
+    predictor = load_predictor(model_dir, device=dev, bf16=dev.startswith("cuda"))
+    check_texts(items, predictor.uses_text, texts_file)
+    own = model_dir.resolve() == paths.model_dir(regime).resolve()  # the regime's own folder: eval's card applies
+    print(f"[predict] {where(model_dir, paths.eval_dir(regime) if own else None)}", file=sys.stderr)
+    region_params = _region_params(params_file)
+    bs = batch_size or int(ep.get("batch_size", 32))
+    threshold, min_size = ep["threshold"], int(ep.get("min_component_size", 0))
+    batches = [items[i:i + bs] for i in range(0, len(items), bs)]
+    first_mask: list[float] = []
+
+    def read(batch: list[Item]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        originals = [load_image(it.path, rule) for it in batch]
+        return originals, [to_model_size(im, size) for im in originals]
+
+    def write(tmp: Path, batch: list[Item], originals, small, prob: np.ndarray, masks: np.ndarray) -> list[dict]:
+        out = []
+        for it, orig, sm, p, mask in zip(batch, originals, small, prob, masks, strict=True):
+            big, big_p = _back(mask, p, orig.shape)
+            (tmp / "masks" / f"mask_{it.id}.png").write_bytes(_png(big * np.uint8(255)))
+            if not first_mask:
+                first_mask.append(time.perf_counter() - t0)
+            if probs:
+                (tmp / "probs" / f"prob_{it.id}.png").write_bytes(_png(np.rint(big_p * 65535.0).astype(np.uint16)))
+            if overlay:
+                (tmp / "overlays" / f"{it.id}.png").write_bytes(_png(_overlay(orig, big)))
+            reg = mask_to_regions(mask, sm, **region_params)
+            conf = np.where(mask > 0, p, 1.0 - p)  # how sure each pixel's decision is
+            out.append({"id": it.id, "image": str(it.path), "text": it.text or "",
+                        "lesion_pixels": int(big.sum()), "lesion_fraction": round(float(big.mean()), 6),
+                        "regions": "" if reg is None else "".join(map(str, reg)),
+                        "mean_confidence": round(float(conf.mean()), 6), "model_sha256": predictor.sha256})
+        return out
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with atomic_dir(out_dir) as tmp:
+        for sub in ("masks", *(["probs"] if probs else []), *(["overlays"] if overlay else [])):
+            (tmp / sub).mkdir()
+        bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress, file=sys.stderr)
+        # One helper thread reads the next batch and writes the last one while the network runs on this one
+        # (torch releases the GIL): the files cost no wall time of their own. Results keep the input order.
+        written = []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(read, batches[0])
+            for k, batch in enumerate(batches):
+                originals, small = ahead.result()
+                if k + 1 < len(batches):
+                    ahead = pool.submit(read, batches[k + 1])
+                x = torch.from_numpy(np.stack(small).astype(np.float32)[:, None]).mul_(1.0 / 255.0)
+                p = predictor.predict(x, [it.text or "" for it in batch], tta=tta).float().numpy()
+                if p.shape[1] != 1:
+                    raise MedrefError(f"{model_dir}: a {p.shape[1]}-class model; `medref predict` writes binary "
+                                      "masks (multi-class volume models are scored by `medref eval`)")
+                masks = postprocess(p, threshold, min_size)
+                written.append(pool.submit(write, tmp, batch, originals, small, p[:, 0], masks))
+                bar.update(len(batch))
+            rows = [r for f in written for r in f.result()]
+        bar.close()
+        with open(tmp / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        summary = {"model_dir": str(model_dir), "regime": regime, "method": predictor.method,
+                   "model_sha256": predictor.sha256, "threshold": ep["threshold"],
+                   "min_component_size": int(ep.get("min_component_size", 0)), "eval_params_from": ep_source,
+                   "image_size": size, "intensity": rule.mode, "tta": tta, "device": dev, "n": len(rows)}
+        write_json(tmp / "predict.json", summary)
+    print(f"[predict] {len(rows)} masks -> {out_dir}/masks/ (threshold {threshold} from {ep_source}); "
+          f"first mask after {first_mask[0]:.2f} s, all after {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    return summary
