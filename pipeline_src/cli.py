@@ -34,7 +34,7 @@ from pipeline_src import paths
 DEFAULT_PARAMS = "params.yaml"
 # Arguments that name files or folders: made absolute before medref moves to the repository root.
 PATH_ARGS = ("params", "out", "raw", "shards", "labels", "split", "run_dir", "model", "eval_dir", "metrics",
-             "eval_root", "texts_file", "summary", "texts_csv")
+             "eval_root", "texts_file", "summary", "texts_csv", "studies")
 
 
 def _params_file(args: argparse.Namespace) -> Path:
@@ -196,6 +196,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         metrics_dir=Path(args.metrics or paths.METRICS),
         eval_root=Path(args.eval_root or paths.EVAL),
         out_dir=Path(args.out or paths.REPORTS),
+        studies_dir=Path(args.studies or paths.STUDIES),
     )
 
 
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("report", cmd_report, "Table (markdown + CSV), plots and HTML across every evaluated regime.")
     sp.add_argument("--metrics", help="metrics folder (default: metrics)")
     sp.add_argument("--eval-root", help="per-regime eval folders (default: eval)")
+    sp.add_argument("--studies", help="study outputs (default: studies)")
     sp.add_argument("--out", help="report folder (default: reports)")
 
     sp = add("regions", cmd_regions, "Print the 6-region vector of texts and/or mask PNGs, one JSON line each.")

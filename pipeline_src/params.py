@@ -263,7 +263,7 @@ class Params(BaseModel):
         try:
             return TrainParams.model_validate(merged)
         except ValidationError as e:
-            where = (f"studies.{r.study}.train / variants.{r.variant}.train (run {regime})" if r.study
+            where = (f"studies.{r.study}.train + variants.{r.variant}.train (run {regime})" if r.study
                      else f"regimes.{regime}.train")
             raise ParamsError(f"{where}: {_fmt(e)}") from e  # load() names the file
 
@@ -344,6 +344,14 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Params:
     for name, st in params.studies.items():
         if st.dataset not in params.datasets:
             raise ParamsError(f"{path}: studies.{name}.dataset: unknown dataset {st.dataset!r}")
+    # every override on its own, so a typo in a variant no study of this size lists is found now too
+    overrides = [(f"studies.{n}.train", st.train) for n, st in params.studies.items()]
+    overrides += [(f"variants.{n}.train", v.train) for n, v in params.variants.items()]
+    for key, over in overrides:
+        try:
+            TrainParams.model_validate(deep_merge(params.train.model_dump(), over))
+        except ValidationError as e:
+            raise ParamsError(f"{path}: {key}: {_fmt(e)}") from e
     for name, r in params.regimes.items():
         if r.dataset not in params.datasets:
             raise ParamsError(f"{path}: regimes.{name}.dataset: unknown dataset {r.dataset!r}")
@@ -370,10 +378,25 @@ def grid_document(raw: dict[str, Any]) -> dict[str, Any]:
         params = Params.model_validate(raw)
     except ValidationError as e:
         raise ParamsError(_fmt(e)) from e
-    runs = {name: {**r.model_dump(mode="json"), "split": r.split} for name, r in params.regimes.items()}
+    runs = {name: {**r.model_dump(mode="json"), "split": r.split, **_tracked_keys(raw, name, r)}
+            for name, r in params.regimes.items()}
     splits = {name: {"dataset": d, "fraction": f} for name, (d, f) in params.splits.items()}
     study_runs = {s: [n for n, r in params.regimes.items() if r.study == s] for s in params.studies}
     return {"runs": runs, "splits": splits, "study_runs": study_runs}
+
+
+def _tracked_keys(raw: dict[str, Any], name: str, r: RegimeParams) -> dict[str, str]:
+    """params.yaml keys that define run ``name``, for DVC to track beside its spec in the grid file: a change
+    there makes the stage run, and the stage command then refuses the stale grid file instead of DVC saying
+    "up to date". Keys the file does not write are replaced by ``base`` (tracked anyway, so nothing is added)."""
+    if r.study is None:
+        return {"variant_key": f"regimes.{name}", "study_key": f"regimes.{name}", "name_key": f"regimes.{name}"}
+    study = raw["studies"][r.study]
+    return {
+        "variant_key": f"variants.{r.variant}" if r.variant in (raw.get("variants") or {}) else "base",
+        "study_key": f"studies.{r.study}.train" if "train" in study else "base",
+        "name_key": f"studies.{r.study}.headline" if "headline" in study else "base",
+    }
 
 
 def grid_text(raw: dict[str, Any]) -> str:

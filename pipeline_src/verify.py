@@ -33,15 +33,17 @@ GPU_METRIC_TOLERANCE = 1e-3  # absolute, on metrics in [0, 1]; declared here and
 
 def chain(params_raw: dict[str, Any], regime: str) -> list[str]:
     """DVC stage names that ``eval@<regime>`` depends on, in execution order."""
-    try:
-        dataset = params_raw["regimes"][regime]["dataset"]
-    except KeyError as e:
-        raise MedrefError(f"params.yaml: unknown regime {regime!r}") from e
+    from pipeline_src.params import grid_document
+
+    runs = grid_document(params_raw)["runs"]
+    if regime not in runs:
+        raise MedrefError(f"params.yaml: unknown run {regime!r}; runs: {', '.join(runs)}")
+    dataset, split = runs[regime]["dataset"], runs[regime]["split"]
     return [
         f"download@{dataset}",
         f"preprocess@{dataset}",
         f"pseudolabel@{dataset}",
-        f"split@{regime}",
+        f"split@{split}",
         f"train@{regime}",
         f"eval@{regime}",
     ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pipeline_src.params import deep_merge
+from pipeline_src.params import deep_merge, grid_document, grid_text
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -62,6 +62,29 @@ def tool(name: str) -> str:
     return str(BIN / name)
 
 
+def restrict_grid(p: dict, regimes: list[str]) -> dict:
+    """params with only the studies (and their axes) that hold ``regimes``, and the named explicit runs.
+
+    A study keeps the fractions, methods and seeds of the requested runs, so its grid is their cross
+    product: asking for ``qata_10pct`` and ``qata_10pct-supervised-s1`` also gives ``qata_10pct-s1``."""
+    runs = {**grid_document({**p, "study_size": "full"})["runs"], **grid_document(p)["runs"]}
+    unknown = [r for r in regimes if r not in runs]
+    assert not unknown, f"not runs of params.yaml: {unknown}; runs: {list(runs)}"
+    out = {**p, "regimes": {k: v for k, v in (p.get("regimes") or {}).items() if k in regimes}}
+    studies = {}
+    for name, st in (p.get("studies") or {}).items():
+        mine = [runs[r] for r in regimes if runs[r]["study"] == name]
+        if mine:
+            keep = {k: v for k, v in st.items() if k != "full"}
+            keep["fractions"] = sorted({r["fraction"] for r in mine})
+            keep["methods"] = list(dict.fromkeys(r["variant"] for r in mine))
+            keep["seeds"] = sorted({r["seed"] for r in mine})
+            studies[name] = keep
+    out["studies"] = studies
+    out["study_size"] = "demo"
+    return out
+
+
 def make_scratch_repo(dest: Path, overrides: dict | None = None, regimes: list[str] | None = None) -> Path:
     """Copy the working tree into ``dest`` as a fresh one-commit git repo with tiny params."""
     files = subprocess.run(
@@ -82,8 +105,9 @@ def make_scratch_repo(dest: Path, overrides: dict | None = None, regimes: list[s
     if overrides:
         p = deep_merge(p, overrides)
     if regimes is not None:
-        p["regimes"] = {k: v for k, v in p["regimes"].items() if k in regimes}
+        p = restrict_grid(p, regimes)
     (dest / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    (dest / "workflow/grid.yaml").write_text(grid_text(p))
     for path in (dest / "dvc.lock",):
         path.unlink(missing_ok=True)
     run(["git", "init", "-q", "-b", "main"], dest)

@@ -76,13 +76,13 @@ def test_params_not_utf8_is_one_error(tmp_path, capsys):
 
 def test_errors_name_the_params_file_in_use(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    regime = next(iter(raw["regimes"]))
-    raw["regimes"][regime]["train"] = {"no_such_key": 1}
+    variant = next(iter(raw["variants"]))  # listed by no demo study: checked all the same
+    raw["variants"][variant]["train"] = {"no_such_key": 1}
     f = tmp_path / "other.yaml"
     f.write_text(yaml.safe_dump(raw))
     with pytest.raises(P.ParamsError) as e:
         P.load(f)
-    assert str(e.value).startswith(f"{f}: regimes.{regime}.train: no_such_key")
+    assert str(e.value).startswith(f"{f}: variants.{variant}.train: no_such_key")
     assert "params.yaml" not in str(e.value)
 
 
@@ -216,7 +216,7 @@ def test_stage_started_in_a_sub_folder_writes_under_the_repo_root(scratch_repo, 
 
 
 def test_provenance_and_verify_from_a_sub_folder(scratch_repo, capsys):
-    regime = next(iter(yaml.safe_load((scratch_repo / "params.yaml").read_text())["regimes"]))
+    regime = next(iter(yaml.safe_load((REPO / "workflow/grid.yaml").read_text())["runs"]))
     prov = scratch_repo / "models" / regime / "provenance.json"
     prov.parent.mkdir(parents=True)
     prov.write_text('{"model_sha256": "abc"}')
@@ -284,4 +284,4 @@ def test_unknown_regime_names_the_params_file_in_use(repo_root, tmp_path, capsys
     shutil.copy(repo_root / "params.yaml", other)
     assert cli.main(["--params", str(other), "split", "nope", "--out", str(tmp_path / "s.json")]) == 2
     err = capsys.readouterr().err
-    assert f"; {other} regimes:" in err, err
+    assert f"; the runs in {other} use:" in err, err

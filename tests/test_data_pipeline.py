@@ -61,7 +61,7 @@ def test_synthetic_end_to_end(tmp_path: Path, kind: str) -> None:
     np.testing.assert_array_equal(imgs[0], np.asarray(Image.open(raw / rows[first]["image"])))
     np.testing.assert_array_equal(masks[0], np.asarray(Image.open(raw / rows[first]["mask"])) > 127)
 
-    out = splits.run(p, "r", shards, tmp_path / "splits" / "r.json")
+    out = splits.run(p, p.regime("r").split, shards, tmp_path / "splits" / "r.json")
     ds = dataset.ShardDataset(shards, "train", out["labelled"])
     item = ds[0]
     assert item["id"] == out["labelled"][0]
@@ -169,7 +169,7 @@ def test_real_sample_subset(tmp_path: Path, shared_data: Path) -> None:
     for i, text, smask in zip(*(t[c].to_pylist() for c in ("id", "text", "source_mask")), strict=True):
         assert text == csv_text[f"mask_{i}.png".lower()] and smask.endswith(f"mask_{i}.png")
     assert any(i.startswith("sub-s") for i in t["id"].to_pylist())  # the case-insensitive key path was used
-    out = splits.run(p, "r", shards, tmp_path / "s.json")
+    out = splits.run(p, p.regime("r").split, shards, tmp_path / "s.json")
     assert out["eval_split"] == "val" and len(out["labelled"]) == splits.n_labelled(0.25, 30)
 
 

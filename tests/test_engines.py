@@ -90,3 +90,18 @@ def test_same_deps_and_outs(both):
         uncovered = {p for p in smk[name]["deps"] if not any(covers(d, p) for d in st["deps"])}
         unused = {d for d in st["deps"] if not any(covers(d, p) for p in smk[name]["deps"])}
         assert not uncovered and not unused, f"{name}: only in Snakemake {uncovered}, only in DVC {unused}"
+
+
+def test_grid_file_is_current():
+    """DVC's stages come from workflow/grid.yaml; it must be what `medref grid` writes for params.yaml."""
+    assert (REPO / "workflow/grid.yaml").read_text() == P.grid_text(P.load_raw(REPO / "params.yaml")), (
+        "workflow/grid.yaml is stale: run `medref grid`")
+
+
+def test_headline_name_is_semi_medref(both):
+    dvc, _ = both
+    params = P.load(REPO / "params.yaml")
+    r = params.regime("qata_10pct")
+    assert (r.method, r.fraction, r.seed) == ("semi_medref", 0.10, 0)
+    assert dvc["train@qata_10pct"]["deps"] >= {"data/splits/qata_10pct.json"}
+    assert dvc["train@qata_10pct-supervised"]["deps"] >= {"data/splits/qata_10pct.json"}, "paired: one split"

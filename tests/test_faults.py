@@ -46,6 +46,7 @@ def write_params(dest: Path, overrides: dict | None = None) -> Path:
     raw["datasets"] = {"qata": deep_merge(raw["datasets"]["qata"], {"source": "synthetic", "synthetic": {
         "n_train": 160, "n_val": 16, "n_test": 16, "image_size": 64}})}
     raw["regimes"] = {k: v for k, v in raw["regimes"].items() if v.get("dataset") == "qata"}
+    raw["studies"] = {k: v for k, v in raw["studies"].items() if v.get("dataset") == "qata"}
     raw["regimes"]["ft"] = FT
     raw = deep_merge(raw, {"preprocess": {"image_size": 64, "row_group_size": 16, "shard_rows": 32},
                            "train": {"small_labelled": "cap"}})
@@ -140,7 +141,7 @@ def labelled(ws, shards):
         json.loads(metrics.read_text())
     run(cmd, ws["root"])
     split = ws["root"] / "split.json"
-    run(medref("split", "ft", "--shards", str(shards), "--out", str(split), params=ws["params"]), ws["root"])
+    run(medref("split", P.split_name("qata", FT["fraction"]), "--shards", str(shards), "--out", str(split), params=ws["params"]), ws["root"])
     return {"shards": shards, "labels": labels, "split": split, "pseudolabel_kill": state}
 
 
@@ -279,7 +280,7 @@ def _bad(ws, tmp_path, capsys, overrides: dict, regime: str = "ft", expect: tupl
 @pytest.mark.parametrize(
     "overrides,regime,expect",
     [
-        ({}, "nope", ("unknown regime 'nope'",)),
+        ({}, "nope", ("unknown run 'nope'",)),
         ({"regimes": {"ft_merge": {"fraction": 1.5}}}, "ft", ("regimes.ft.fraction",)),
         ({"regimes": {"ft_merge": {"fraction": 0.0}}}, "ft", ("regimes.ft.fraction",)),
         ({"regimes": {"ft_merge": {"method": "magic"}}}, "ft", ("regimes.ft.method", "magic")),

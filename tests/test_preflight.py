@@ -38,7 +38,7 @@ def test_plan_resolves_the_methods_architecture(repo_root, tiny):
 def test_split_for_another_fraction_is_refused(repo_root, tiny):
     """The probe's repro: a split written at one fraction, train asked for another, trained on the wrong set."""
     with pytest.raises(MedrefError, match=r"written for fraction 0\.25, but regimes\.tiny\.fraction is 0\.1.*"
-                                          r"medref split tiny"):
+                                          r"medref split qata_10pct"):
         _check(_params(repo_root, fraction=0.1), tiny)
 
 

@@ -42,7 +42,7 @@ def test_label_and_split_stages_refuse_shards_made_for_other_params(repo_root, d
     with pytest.raises(MedrefError, match=r"made for other params \(image_size: 64 in the shards, 96 in params\)"):
         pseudolabel.run(new, "qata", data["shards_dir"], tmp_path / "l.parquet", tmp_path / "a.json")
     with pytest.raises(MedrefError, match="re-run `medref preprocess qata`"):
-        splits.run(new, "tiny", data["shards_dir"], tmp_path / "s.json")
+        splits.run(new, "qata_25pct", data["shards_dir"], tmp_path / "s.json")
     assert not (tmp_path / "l.parquet").exists() and not (tmp_path / "s.json").exists()
     pseudolabel.run(old, "qata", data["shards_dir"], tmp_path / "l.parquet", tmp_path / "a.json")  # current: fine
     assert (tmp_path / "l.parquet").is_file()

@@ -399,8 +399,26 @@ def index_html(md_ours: list[dict], pub: list[dict], shown: dict[str, dict], out
     return "\n".join(parts)
 
 
-def run(params, metrics_dir: Path, eval_root: Path, out_dir: Path) -> dict:
-    """Build reports/ from every metrics/<regime>.json and eval/<regime>/ figures."""
+def _studies_section(out: Path, studies_dir: Path) -> str:
+    """Each study's tables (studies/<study>/study.md, headings one level down) with its figure copied beside."""
+    parts = []
+    for summary in sorted(Path(studies_dir).glob("*.json")):
+        name = summary.stem
+        md = Path(studies_dir) / name / "study.md"
+        if not md.is_file():
+            continue
+        (out / "studies").mkdir(exist_ok=True)
+        png = Path(studies_dir) / name / "dice_vs_fraction.png"
+        if png.is_file():
+            shutil.copyfile(png, out / "studies" / f"{name}_dice_vs_fraction.png")
+        text = md.read_text().replace("](dice_vs_fraction.png)", f"](studies/{name}_dice_vs_fraction.png)")
+        parts.append("\n".join("#" + line if line.startswith("#") else line for line in text.splitlines()))
+    return ("\n\n## Studies (study@<study>: mean ± std over seeds, paired deltas, verdicts)\n\n" + "\n\n".join(parts)
+            if parts else "")
+
+
+def run(params, metrics_dir: Path, eval_root: Path, out_dir: Path, studies_dir: Path | None = None) -> dict:
+    """Build reports/ from every metrics/<regime>.json and eval/<regime>/ figures, and the studies' tables."""
     metrics = load_metrics(metrics_dir)
     if not metrics:
         # an empty report would look like a finished one; nothing was evaluated
@@ -412,6 +430,7 @@ def run(params, metrics_dir: Path, eval_root: Path, out_dir: Path) -> dict:
         _write_csv(out / "report.csv", ours + pub, CSV_COLUMNS)
         _dice_vs_fraction(out, ours, pub)
         shown = _copy_eval_figures(out, eval_root, ours, params.report.n_overlays)
-        (out / "report.md").write_text(markdown(ours, pub, metrics, shown))
+        studies = _studies_section(out, studies_dir) if studies_dir is not None else ""
+        (out / "report.md").write_text(markdown(ours, pub, metrics, shown) + studies)
         (out / "index.html").write_text(index_html(ours, pub, shown, out))
     return {"rows": len(ours), "published_rows": len(pub)}

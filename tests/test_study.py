@@ -1,0 +1,125 @@
+"""study@<study> aggregation on fixture metrics, against values computed by hand, and the grid expansion rules.
+
+    python -m pytest tests/test_study.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pipeline_src import params as P
+from pipeline_src.evaluate import study
+
+# per-image Dice of 4 test images, by (method, seed); semi_medref - supervised is +0.1 everywhere in seed 0 and
+# +0.2 in seed 1, so every bootstrap replicate's seed-averaged difference is exactly 0.15
+PER = {
+    ("supervised", 0): [0.5, 0.6, 0.7, 0.4],
+    ("supervised", 1): [0.4, 0.5, 0.6, 0.3],
+    ("semi_medref", 0): [0.6, 0.7, 0.8, 0.5],
+    ("semi_medref", 1): [0.6, 0.7, 0.8, 0.5],
+    ("mean_teacher", 0): [0.55, 0.65, 0.75, 0.45],
+    ("mean_teacher", 1): [0.7, 0.8, 0.9, 0.6],
+    ("semi_medref-no_tpatchmix", 0): [0.6, 0.7, 0.8, 0.5],
+    ("semi_medref-no_tpatchmix", 1): [0.6, 0.7, 0.8, 0.5],
+}
+TOP1 = {"supervised": 0.1, "semi_medref": 0.2, "mean_teacher": 0.1, "semi_medref-no_tpatchmix": 0.3}
+
+
+def _raw(methods=("supervised", "semi_medref", "mean_teacher", "semi_medref-no_tpatchmix")) -> dict:
+    return {
+        "datasets": {"d": {"kind": "qata"}},
+        "variants": {"semi_medref-no_tpatchmix": {"method": "semi_medref", "train": {"tpatchmix": {"enabled": False}}}},
+        "studies": {"s": {"dataset": "d", "headline": "semi_medref", "fractions": [0.1], "methods": list(methods),
+                          "seeds": [0, 1], "ssl_baselines": ["mean_teacher", "cutmix_ssl"], "bootstrap": 200}},
+    }
+
+
+@pytest.fixture()
+def written(tmp_path):
+    params = P.Params.model_validate(_raw())
+    metrics, evals = tmp_path / "metrics", tmp_path / "eval"
+    metrics.mkdir()
+    for name, r in params.study_runs("s").items():
+        dice = PER[r.variant, r.seed]
+        tp = [round(100 * d) for d in dice]  # global Dice = 2tp / (2tp + fp + fn) with fp + fn = 2 (100 - tp)
+        fp = [100 - t for t in tp]
+        fn = [100 - t for t in tp]
+        g = 2 * sum(tp) / (2 * sum(tp) + sum(fp) + sum(fn))
+        m = {"dice": sum(dice) / 4, "dice_global": g, "iou": 0.0, "iou_global": 0.0, "hd95": 10.0 - r.seed,
+             "nsd": 0.5, "alignment": {"top1": TOP1[r.variant] + 0.01 * r.seed}}
+        (metrics / f"{name}.json").write_text(json.dumps(m))
+        (evals / name).mkdir(parents=True)
+        rows = ["id,dice,tp,fp,fn"] + [f"i{k},{dice[k]},{tp[k]},{fp[k]},{fn[k]}" for k in range(4)]
+        (evals / name / "per_sample.csv").write_text("\n".join(rows) + "\n")
+    return params, metrics, evals, tmp_path
+
+
+def test_names_and_pairing():
+    params = P.Params.model_validate(_raw())
+    runs = params.study_runs("s")
+    assert set(runs) == {"d_10pct", "d_10pct-s1", "d_10pct-supervised", "d_10pct-supervised-s1",
+                         "d_10pct-mean_teacher", "d_10pct-mean_teacher-s1", "d_10pct-semi_medref-no_tpatchmix",
+                         "d_10pct-semi_medref-no_tpatchmix-s1"}
+    assert {r.split for r in runs.values()} == {"d_10pct"}, "every method and seed shares one labelled set"
+    assert runs["d_10pct-s1"].method == "semi_medref" and runs["d_10pct-s1"].seed == 1
+    assert runs["d_10pct-semi_medref-no_tpatchmix"].train == {"tpatchmix": {"enabled": False}}
+
+
+def test_mean_std_delta_wins_ci_against_hand_values(written):
+    params, metrics, evals, tmp = written
+    res = study.run(params, "s", metrics, evals, tmp / "out", tmp / "s.json")
+    cell = res["table"]["semi_medref"]["0.1"]["dice"]
+    assert cell["n"] == 2 and math.isclose(cell["mean"], 0.65) and math.isclose(cell["std"], 0.0, abs_tol=1e-12)
+    sup = res["table"]["supervised"]["0.1"]["dice"]
+    assert math.isclose(sup["mean"], 0.5) and math.isclose(sup["std"], math.sqrt(2 * 0.05 ** 2))  # 0.55, 0.45
+    d = next(x for x in res["deltas"] if x["method"] == "semi_medref" and x["kind"] == "baseline")["dice"]
+    assert [round(x, 12) for x in d["deltas"]] == [0.1, 0.2] and math.isclose(d["mean"], 0.15)
+    assert d["wins"] == 2 and d["n"] == 2
+    assert d["ci95"] == pytest.approx([0.15, 0.15])  # constant per-image differences: a zero-width CI
+    hd = next(x for x in res["deltas"] if x["method"] == "semi_medref" and x["kind"] == "baseline")["hd95"]
+    assert hd["mean"] == 0.0 and hd["wins"] == 0  # lower is better, and equal is no win
+    # best SSL baseline at 10 %: mean_teacher (cutmix_ssl is not run); semi_medref - mean_teacher per seed
+    assert res["best_ssl"] == {"0.1": "mean_teacher"}
+    v = res["verdicts"]["semi_medref_below_ssl_at_10pct"]
+    dm = v["dice_delta"]
+    assert [round(x, 12) for x in dm["deltas"]] == [0.05, -0.1] and dm["wins"] == 1
+    assert dm["ci95"] == pytest.approx([-0.025, -0.025]) and v["verdict"].startswith("yes")
+    # T-PatchMix on (semi_medref) minus off: top-1 0.2 - 0.3 in both seeds -> alignment drops
+    t = res["verdicts"]["alignment_drops_with_tpatchmix"]
+    assert t["verdict"].startswith("yes") and t["top1_on_minus_off"]["0.1"]["deltas"] == pytest.approx([-0.1, -0.1])
+    assert "dispersion_up_boundaries_not_better" not in res["verdicts"], "no meddisseg run: nothing to test"
+    assert json.loads((tmp / "s.json").read_text())["table"] == res["table"]
+    assert "| semi_medref (headline) | 10% | 0.650 ± 0.000" in (tmp / "out" / "study.md").read_text()
+
+
+def test_missing_run_metrics_is_one_clear_error(written):
+    params, metrics, evals, tmp = written
+    (metrics / "d_10pct-s1.json").unlink()
+    with pytest.raises(P.MedrefError, match=r"d_10pct-s1\.json: missing; the study needs eval@d_10pct-s1"):
+        study.run(params, "s", metrics, evals, tmp / "out", tmp / "s.json")
+    assert not (tmp / "out").exists() and not (tmp / "s.json").exists()
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda r: r["studies"]["s"].update(methods=["supervised", "nope"]), r"methods\[1\]: 'nope' is neither"),
+    (lambda r: r["studies"]["s"].update(headline="cutmix_ssl"), r"headline: 'cutmix_ssl' is not in its methods"),
+    (lambda r: r["variants"].update(supervised={"method": "semi_medref"}), r"may not take a method's name"),
+    (lambda r: r["studies"]["s"].update(seeds=[0, 0]), r"must not repeat"),
+    (lambda r: r.update(study_size="huge"), r"study_size: 'huge'"),
+])
+def test_bad_grids_are_refused(edit, match):
+    raw = _raw()
+    edit(raw)
+    with pytest.raises(Exception, match=match):
+        P.Params.model_validate(raw)
+
+
+def test_full_size_swaps_in_the_full_axes():
+    raw = _raw(methods=("supervised", "semi_medref"))
+    raw["studies"]["s"]["full"] = {"fractions": [0.05, 0.1], "seeds": [0, 1, 2]}
+    assert len(P.Params.model_validate(raw).regimes) == 4
+    raw["study_size"] = "full"
+    assert len(P.Params.model_validate(raw).regimes) == 2 * 2 * 3
