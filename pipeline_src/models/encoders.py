@@ -117,13 +117,23 @@ def load_image_weights(body: nn.Module, path: Path, allow_partial: bool = False)
     own = body.state_dict()
     picked = {}
     for k, v in sd.items():
-        k = k.removeprefix("module.")
+        k = _feature_key(k.removeprefix("module."), own)
         if k in own and own[k].shape != v.shape and v.ndim == 4 and v.shape[1] == 3 and own[k].shape[1] == 1:
             v = timm.models.adapt_input_conv(1, v)  # RGB stem -> grey stem (timm sums the RGB kernels)
         if k in own and own[k].shape == v.shape:
             picked[k] = v
     check_matched(picked, own, path, IMAGE_KEY, "encoder", allow_partial)
     body.load_state_dict(picked, strict=False)
+
+
+def _feature_key(k: str, own: dict) -> str:
+    """A full-model key as the features_only wrapper names it. Models whose feature config flattens sequential
+    children (ConvNeXt, EfficientNet ...) join the first two name parts: ``stem.0.weight`` -> ``stem_0.weight``,
+    ``stages.1.blocks.0.x`` -> ``stages_1.blocks.0.x`` (timm's ``_module_list``)."""
+    if k in own:
+        return k
+    parts = k.split(".")
+    return ".".join([f"{parts[0]}_{parts[1]}", *parts[2:]]) if len(parts) > 2 else k
 
 
 # ---- where the weights are -----------------------------------------------------------------------------------
