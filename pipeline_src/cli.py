@@ -7,6 +7,7 @@ nothing else. Heavy modules (torch, pyarrow) are imported inside the handlers so
     medref download qata          # data/raw/qata/
     medref preprocess qata        # data/shards/qata/
     medref pseudolabel qata       # data/labels/qata.parquet + data/labels/qata.agreement.json
+    medref pretrain_text qata     # models/text/qata/ (MLM text encoder on the train texts)
     medref split qata_10pct       # data/splits/qata_10pct.json
     medref train qata_10pct       # models/qata_10pct/
     medref eval qata_10pct        # metrics/qata_10pct.json + eval/qata_10pct/
@@ -90,6 +91,19 @@ def cmd_pseudolabel(args: argparse.Namespace) -> None:
         shards_dir=Path(args.shards or paths.shards_dir(args.dataset)),
         out_file=Path(args.out or paths.labels_file(args.dataset)),
         metrics_file=Path(args.metrics or paths.label_metrics_file(args.dataset)),
+    )
+
+
+def cmd_pretrain_text(args: argparse.Namespace) -> None:
+    from pipeline_src.train import pretrain_text
+
+    p = _params(args)
+    p.dataset(args.dataset)
+    pretrain_text.run(
+        p,
+        args.dataset,
+        shards_dir=Path(args.shards or paths.shards_dir(args.dataset)),
+        out_dir=Path(args.out or paths.text_model_dir(args.dataset)),
     )
 
 
@@ -199,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shards", help="shards folder (default: data/shards/<dataset>)")
     sp.add_argument("--out", help="labels file (default: data/labels/<dataset>.parquet)")
     sp.add_argument("--metrics", help="agreement metrics (default: data/labels/<dataset>.agreement.json)")
+
+    sp = add("pretrain_text", cmd_pretrain_text, "Masked-language-model text encoder on a dataset's train texts.")
+    sp.add_argument("dataset")
+    sp.add_argument("--shards", help="shards folder (default: data/shards/<dataset>)")
+    sp.add_argument("--out", help="model folder (default: models/text/<dataset>)")
 
     sp = add("split", cmd_split, "Seeded, nested labelled/unlabelled selection of training ids for a regime.")
     sp.add_argument("regime")

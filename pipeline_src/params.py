@@ -19,7 +19,7 @@ from pipeline_src.data.params import DatasetParams, PreprocessParams, SplitParam
 from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate.params import EvalParams, ReportParams
 from pipeline_src.labels.params import PseudolabelParams
-from pipeline_src.train.params import TrainParams
+from pipeline_src.train.params import PretrainTextParams, TrainParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -68,6 +68,7 @@ class Params(BaseModel):
     split: SplitParams = SplitParams()
     regimes: dict[str, RegimeParams]
     train: TrainParams = TrainParams()
+    pretrain_text: PretrainTextParams = PretrainTextParams()
     eval: EvalParams = EvalParams()
     report: ReportParams = ReportParams()
     # the file these params were read from, for error messages (set by load(); not a param)
@@ -157,6 +158,9 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Params:
     except ValidationError as e:
         raise ParamsError(f"{path}: {_fmt(e)}") from e
     params._source = str(path)
+    for name in params.pretrain_text.datasets:
+        if name not in params.datasets:
+            raise ParamsError(f"{path}: pretrain_text.datasets: unknown dataset {name!r}")
     for name, r in params.regimes.items():
         if r.dataset not in params.datasets:
             raise ParamsError(f"{path}: regimes.{name}.dataset: unknown dataset {r.dataset!r}")

@@ -32,3 +32,31 @@ rule train:
         regime=lambda w: config["regimes"][w.regime],
     shell:
         "medref train {wildcards.regime} > {log} 2>&1"
+
+
+# pretrain_text@<dataset> (dvc.yaml twin): the MLM text encoder that train can load with
+# train.model.text_weights=hf-dir:models/text/<dataset>. Not in `all`: build it with
+# `snakemake models/text/qata` (or the pretrain_text_all target).
+rule pretrain_text:
+    input:
+        "data/shards/{dataset}",
+        SHARED_CODE,
+        "pipeline_src/provenance.py",
+        "pipeline_src/data/shards.py",
+        "pipeline_src/train/pretrain_text.py",
+    output:
+        directory("models/text/{dataset}"),
+    log:
+        "logs/pretrain_text/{dataset}.log",
+    conda:
+        "../envs/medref.yaml"
+    params:
+        cpu_threads=config["base"]["cpu_threads"],
+        pretrain_text=config["pretrain_text"],
+    shell:
+        "medref pretrain_text {wildcards.dataset} > {log} 2>&1"
+
+
+rule pretrain_text_all:
+    input:
+        expand("models/text/{dataset}", dataset=config["pretrain_text"]["datasets"]),
