@@ -80,6 +80,8 @@ def test_hub_cache_snapshot_loads_offline_as_timm_does(weights, monkeypatch, tmp
     assert resolve_image_norm("auto", str(root / "w.safetensors")) == "centre"
     assert resolve_image_norm("auto", None) == "centre"
     assert resolve_image_norm("centre", f"hf-hub:{REPO_ID}") == "centre"
+    with pytest.raises(MedrefError, match=r"holds timm 'test_convnext' weights .*, but train.model.image_encoder is 'resnet18'"):
+        ImageEncoder("resnet18", f"hf-hub:{REPO_ID}")
     with pytest.raises(MedrefError, match=r"timm/absent is not in the local Hugging Face cache: .*models--timm--absent"):
         ImageEncoder(NAME, "hf-hub:timm/absent", OUT)
     hub_cache_snapshot(tmp_path, "timm/noweights", {"config.json": snap / "config.json"})

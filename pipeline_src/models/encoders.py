@@ -52,6 +52,7 @@ class ImageEncoder(nn.Module):
                                   f"{n} feature stages (valid indices 0..{n - 1})") from e
             raise MedrefError(f"train.model.image_encoder: cannot build timm model {name!r}: {e}") from e
         if weights:
+            _check_architecture(name, weights)
             load_image_weights(self.body, image_weights_file(weights), allow_partial)
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
@@ -187,6 +188,22 @@ def image_weights_file(weights: str) -> Path:
                               "snapshot holds config.json and one of them)")
         return files[0]
     return path
+
+
+def _check_architecture(name: str, weights: str) -> None:
+    """A hub snapshot names its timm architecture (config.json ``architecture``): another one than
+    ``train.model.image_encoder`` is a mistake to name before any tensor is compared."""
+    path = image_weights_path(weights)
+    cfg_file = path / "config.json"
+    if not path.is_dir() or not cfg_file.is_file():
+        return
+    try:
+        arch = json.loads(cfg_file.read_text()).get("architecture")
+    except ValueError as e:
+        raise MedrefError(f"{IMAGE_KEY}: {cfg_file} is not valid JSON ({e})") from e
+    if arch and arch != name:
+        raise MedrefError(f"{IMAGE_KEY}: {weights} holds timm {arch!r} weights ({cfg_file}), but "
+                          f"train.model.image_encoder is {name!r}; set image_encoder: {arch}")
 
 
 def resolve_image_norm(norm: str, weights: str | None) -> str:

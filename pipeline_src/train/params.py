@@ -101,7 +101,7 @@ class TrainParams(Strict):
 class PretrainTextParams(Strict):
     """params.yaml ``pretrain_text``: the MLM text encoder of ``medref pretrain_text`` (train/pretrain_text.py)."""
 
-    datasets: tuple[str, ...] = ("qata", "mosmed")  # datasets with report texts (the stage's foreach)
+    datasets: tuple[str, ...] = ("qata",)  # datasets with report texts to pretrain on (the stage's foreach)
     vocab: str | None = None  # a WordPiece vocab.txt (e.g. CXR-BERT's); null = built from the train texts
     vocab_size: int = Field(2000, ge=16)  # built vocabulary: at most this many entries
     hidden_size: int = Field(128, ge=8)
