@@ -102,3 +102,29 @@ def test_bad_vocab_is_one_clear_error(repo_root, shards, tmp_path):
     with pytest.raises(MedrefError, match=r"pretrain_text.vocab: .*nope.txt is not a file"):
         run(_params(repo_root, vocab=str(tmp_path / "nope.txt")), "qata", shards, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_semi_medref_trains_on_the_pretrained_encoder_frozen(repo_root, tmp_path):
+    from safetensors.torch import load_file
+
+    from pipeline_src.train.train import run as train
+    from tests.train_fixtures import make_dataset
+
+    tiny = make_dataset(tmp_path / "data")
+    enc = run(_params(repo_root), "qata", tiny["shards_dir"], tmp_path / "text")
+    raw = load_raw(repo_root / "params.yaml")
+    model = {"text_weights": f"hf-dir:{enc}", "context_length": 24, "text_pooling": "official", "text_head": "mlp",
+             "text_train": "frozen", "embed_dim": 16, "decoder_dim": 16, "decoder_heads": 2}
+    raw["regimes"]["tiny"] = {"dataset": next(iter(raw["datasets"])), "fraction": 0.25, "method": "semi_medref",
+                              "train": {"model": model, "epochs": 1, "max_steps": 3, "batch_size": 4,
+                                        "unlabelled_batch_size": 4, "val_max": 4, "precise_bn_batches": 1,
+                                        "ssl": {"burn_in_epochs": 0, "ramp_epochs": 0.1}, "tpatchmix": {"p": 1.0}}}
+    out = train(Params.model_validate(raw), "tiny", tiny["shards_dir"], tiny["labels_file"], tiny["split_file"],
+                tmp_path / "model", tmp_path / "run")
+    sd = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    pre = load_file(enc / "model.safetensors")
+    frozen = {k.removeprefix("bert."): v for k, v in pre.items() if k.startswith("bert.")}
+    tower = {k.removeprefix("text.tower.model."): v for k, v in sd.items() if k.startswith("text.tower.model.")}
+    assert tower and all(torch.equal(v, frozen[k]) for k, v in tower.items())  # frozen: the pretrained weights
+    history = json.loads((out / "live" / "metrics.json").read_text())
+    assert "train_loss_unsup" in history  # the unlabelled branch (T-PatchMix joins with WordPiece) ran
