@@ -399,8 +399,8 @@ def _provenance(params, regime: str, model_dir: Path, shards_dir: Path, labels_f
     train_prov = model_dir / "provenance.json"
     if train_prov.exists():
         tp = json.loads(train_prov.read_text())
-        # what trained the model: its commit, params and data (split) digests
-        extra["train"] = {k: tp.get(k) for k in ("git", "params_digest", "inputs")}
+        # what trained the model: its commit, params, data (split) and pretrained weights digests
+        extra["train"] = {k: tp.get(k) for k in ("git", "params_digest", "inputs", "weights")}
     return provenance.block(
         raw,
         keys,
