@@ -151,7 +151,7 @@ def run(params, dataset: str, shards_dir: Path, out_dir: Path) -> Path:
             **provenance.block(raw, ["base.cpu_threads", "pretrain_text"], inputs_),
             "dataset": dataset, "n_texts": len(texts), "vocab_size": len(vocab),
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            # every tenth step: enough for a curve, small enough to read
+            # about 50 points: enough for a curve, small enough to read
             "loss_curve": losses[:: max(1, len(losses) // 50)],
         })
         _drop_paths(tmp)
