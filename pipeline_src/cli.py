@@ -8,6 +8,7 @@ nothing else. Heavy modules (torch, pyarrow) are imported inside the handlers so
     medref preprocess qata        # data/shards/qata/
     medref pseudolabel qata       # data/labels/qata.parquet + data/labels/qata.agreement.json
     medref grid                   # workflow/grid.yaml: the study grid's runs, for dvc.yaml
+    medref pretrain_text qata     # models/text/qata/ (MLM text encoder on the train texts)
     medref split qata_10pct       # data/splits/qata_10pct.json (every run at qata, 10 %)
     medref train qata_10pct       # models/qata_10pct/ (the headline: Semi-MedRef, 10 %, seed 0)
     medref eval qata_10pct        # metrics/qata_10pct.json + eval/qata_10pct/
@@ -107,6 +108,19 @@ def _grid_params(args: argparse.Namespace):
     if os.environ.get("DVC_STAGE"):
         params.require_current_grid(_params_file(args))
     return _params(args)
+
+
+def cmd_pretrain_text(args: argparse.Namespace) -> None:
+    from pipeline_src.train import pretrain_text
+
+    p = _params(args)
+    p.dataset(args.dataset)
+    pretrain_text.run(
+        p,
+        args.dataset,
+        shards_dir=Path(args.shards or paths.shards_dir(args.dataset)),
+        out_dir=Path(args.out or paths.text_model_dir(args.dataset)),
+    )
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -261,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shards", help="shards folder (default: data/shards/<dataset>)")
     sp.add_argument("--out", help="labels file (default: data/labels/<dataset>.parquet)")
     sp.add_argument("--metrics", help="agreement metrics (default: data/labels/<dataset>.agreement.json)")
+
+    sp = add("pretrain_text", cmd_pretrain_text, "Masked-language-model text encoder on a dataset's train texts.")
+    sp.add_argument("dataset")
+    sp.add_argument("--shards", help="shards folder (default: data/shards/<dataset>)")
+    sp.add_argument("--out", help="model folder (default: models/text/<dataset>)")
 
     sp = add("split", cmd_split, "Seeded, nested labelled/unlabelled selection of training ids at one fraction.")
     sp.add_argument("split_name", metavar="split", help="<dataset>_<pct>pct, e.g. qata_10pct (shared by every run at that fraction)")

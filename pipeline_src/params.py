@@ -19,13 +19,15 @@ from pipeline_src.data.params import DatasetParams, PreprocessParams, SplitParam
 from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate.params import EvalParams, ReportParams
 from pipeline_src.labels.params import PseudolabelParams
-from pipeline_src.train.params import TrainParams
+from pipeline_src.train.params import PretrainTextParams, TrainParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 # Training methods, by name. The implementations live in pipeline_src/train/methods.py;
 # the names are listed here so params can be validated without importing torch.
 METHODS = ("supervised", "image_only", "semi_medref", "mean_teacher", "cutmix_ssl", "meddisseg")
+# the architecture a method forces over train.model.arch (the Method classes' ``arch``; tests/test_train checks)
+FORCED_ARCH = {"image_only": "image_only", "meddisseg": "meddisseg"}
 
 
 class ParamsError(MedrefError):
@@ -167,6 +169,7 @@ class Params(BaseModel):
     # every run: the studies' grid runs (expanded by the validator below) plus runs named here directly
     regimes: dict[str, RegimeParams] = Field(default_factory=dict)
     train: TrainParams = TrainParams()
+    pretrain_text: PretrainTextParams = PretrainTextParams()
     eval: EvalParams = EvalParams()
     report: ReportParams = ReportParams()
     # the file these params were read from, for error messages (set by load(); not a param)
@@ -352,6 +355,9 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Params:
             TrainParams.model_validate(deep_merge(params.train.model_dump(), over))
         except ValidationError as e:
             raise ParamsError(f"{path}: {key}: {_fmt(e)}") from e
+    for name in params.pretrain_text.datasets:
+        if name not in params.datasets:
+            raise ParamsError(f"{path}: pretrain_text.datasets: unknown dataset {name!r}")
     for name, r in params.regimes.items():
         if r.dataset not in params.datasets:
             raise ParamsError(f"{path}: regimes.{name}.dataset: unknown dataset {r.dataset!r}")
@@ -378,7 +384,10 @@ def grid_document(raw: dict[str, Any]) -> dict[str, Any]:
         params = Params.model_validate(raw)
     except ValidationError as e:
         raise ParamsError(_fmt(e)) from e
-    runs = {name: {**r.model_dump(mode="json"), "split": r.split, **_tracked_keys(raw, name, r)}
+    from pipeline_src.models.params import weight_deps
+
+    runs = {name: {**r.model_dump(mode="json"), "split": r.split, **_tracked_keys(raw, name, r),
+                   **weight_deps(params.train_for(name).model.model_dump(), FORCED_ARCH.get(r.method))}
             for name, r in params.regimes.items()}
     splits = {name: {"dataset": d, "fraction": f} for name, (d, f) in params.splits.items()}
     study_runs = {s: [n for n, r in params.regimes.items() if r.study == s] for s in params.studies}

@@ -68,6 +68,10 @@ def model_dir(regime: str) -> Path:
     return MODELS / regime
 
 
+def text_model_dir(dataset: str) -> Path:
+    return MODELS / "text" / dataset  # pretrain_text's output; never a regime name (a regime folder is models/<r>)
+
+
 def run_dir(regime: str) -> Path:
     return RUNS / regime
 

@@ -129,6 +129,15 @@ def verify(regime: str, repo: Path = Path("."), keep: bool = False, log=print) -
         log(f"FAIL: dvc.lock has no record of {', '.join(missing)}; run `dvc repro eval@{regime}` first")
         return False
 
+    # 0. the pretrained weights files train read, against the digests it recorded (a file replaced behind the same
+    # path changes the model while every param stays the same)
+    from pipeline_src.models.weights import changed
+
+    model_prov = provenance(regime, repo).get("model") or {}
+    for line in changed(model_prov.get("weights"), repo):
+        log(f"FAIL: train@{regime}: weights {line}; re-run `dvc repro train@{regime}` (or restore the file)")
+        return False
+
     # 1. workspace vs dvc.lock
     st = _dvc(["status", "--json", *stages], cwd=repo)
     if st.returncode != 0:

@@ -17,9 +17,15 @@ from pipeline_src import cli
 from pipeline_src.errors import MedrefError
 from pipeline_src.labels import pseudolabel
 from pipeline_src.models.encoders import ImageEncoder
+from pipeline_src.models.params import ModelParams
 from pipeline_src.models.text import TextEncoder, build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _text(width: int, weights: str | None = None) -> ModelParams:
+    return ModelParams(text_width=width, text_layers=1, text_heads=2, context_length=16, embed_dim=16,
+                       text_weights=weights)
 
 
 def test_weights_of_another_architecture_are_refused_with_counts(tmp_path: Path) -> None:
@@ -57,23 +63,23 @@ def test_garbage_weights_file_is_named_without_torch_advice(tmp_path: Path, whic
         if which == "image":
             ImageEncoder("resnet18", str(path))
         else:
-            TextEncoder(32, 1, 2, 16, 16, weights=str(path))
+            TextEncoder(_text(32, str(path)))
     msg = str(e.value)
     assert str(path) in msg and "not a readable PyTorch weights file" in msg and "weights_only=False" not in msg
 
 
 def test_text_weights_for_another_width_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "text64.pth"
-    torch.save(TextEncoder(64, 1, 2, 16, 16).tower.state_dict(), path)
+    torch.save(TextEncoder(_text(64)).tower.state_dict(), path)
     with pytest.raises(MedrefError, match=r"train.model.text_weights: .*only \d+ of the text tower"):
-        TextEncoder(32, 1, 2, 16, 16, weights=str(path))
+        TextEncoder(_text(32, str(path)))
 
 
 def test_local_dir_without_open_clip_config_names_folder_and_file(tmp_path: Path) -> None:
     folder = tmp_path / "biomedclip"
     folder.mkdir()
     (folder / "open_clip_pytorch_model.bin").write_bytes(b"")
-    for build in (lambda w: TextEncoder(32, 1, 2, 16, 16, weights=w), lambda w: build_tokenizer(16, w)):
+    for build in (lambda w: TextEncoder(_text(32, w)), lambda w: build_tokenizer(16, w)):
         with pytest.raises(MedrefError) as e:
             build(f"local-dir:{folder}")
         assert str(folder) in str(e.value) and "open_clip_config.json" in str(e.value)

@@ -52,6 +52,7 @@ STAGE_ENTRY = {
     "download": "cmd_download",
     "preprocess": "cmd_preprocess",
     "pseudolabel": "cmd_pseudolabel",
+    "pretrain_text": "cmd_pretrain_text",
     "split": "cmd_split",
     "train": "cmd_train",
     "eval": "cmd_eval",

@@ -16,6 +16,7 @@ SECTIONS = {
     "pseudolabel": P.PseudolabelParams,
     "split": P.SplitParams,
     "train": P.TrainParams,
+    "pretrain_text": P.PretrainTextParams,
     "eval": P.EvalParams,
     "report": P.ReportParams,
 }

@@ -123,3 +123,10 @@ def test_full_size_swaps_in_the_full_axes():
     assert len(P.Params.model_validate(raw).regimes) == 4
     raw["study_size"] = "full"
     assert len(P.Params.model_validate(raw).regimes) == 2 * 2 * 3
+
+
+def test_forced_architectures_match_the_methods():
+    """params.FORCED_ARCH (used to list a run's weights deps without importing torch) mirrors the Method classes."""
+    from pipeline_src.train.methods import METHODS
+
+    assert {k: m.arch for k, m in METHODS.items() if m.arch} == P.FORCED_ARCH

@@ -98,7 +98,7 @@ def evaluate_predictor(
                 else:
                     img_embs.append(ie.detach().float().cpu().numpy())
                     txt_embs.append(te.detach().float().cpu().numpy())
-            if dispersion_stage is not None:
+            if dispersion_stage is not None and callable(getattr(predictor, "pooled_features", None)):
                 pooled.append(predictor.pooled_features(images, texts, dispersion_stage))
             if on_batch is not None:
                 on_batch(list(batch["id"]), batch["image"].numpy()[:, 0], gts, probs[:, 0], preds)
@@ -165,6 +165,54 @@ def evaluate_volumes(predictor: Any, dataset: Any, shards_dir: Path, batch_size:
         "labels": labels,
     }
     return summary, pd.DataFrame(rows, columns=list(CASE_COLUMNS))
+
+
+class _TextsReplaced:
+    """``dataset`` with item i's text replaced by ``texts[i]`` (images, masks and ids unchanged)."""
+
+    def __init__(self, dataset: Any, texts: Sequence[str]):
+        self.dataset, self.texts = dataset, list(texts)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "text": self.texts[i]}
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation of range(n) with no fixed point (n >= 2): every image gets another image's text."""
+    rng = np.random.default_rng(seed)
+    while True:  # a uniform permutation is a derangement with probability ~1/e: a few draws
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return perm
+
+
+def text_reliance(predictor: Any, dataset: Any, texts: Sequence[str], true_dice: float, *, seed: int,
+                  **score) -> dict:
+    """Dice with every image's text replaced by another image's (``derangement``) and with left/right swapped in
+    each text (``flip_text``), beside the true-text Dice; ``drop_*`` = true minus perturbed. A model that reads the
+    report loses Dice under both; an image-only model has nothing to lose (null, with the reason)."""
+    from pipeline_src.labels.text_parser import flip_text
+
+    keys = ("true_dice", "shuffled_dice", "swapped_dice", "drop_shuffled", "drop_swapped")
+    if not getattr(getattr(predictor, "net", None), "uses_text", True):
+        return {**dict.fromkeys(keys), "reason": "image-only model: it reads no text"}
+    if len(texts) < 2:
+        return {**dict.fromkeys(keys), "reason": "fewer than 2 evaluation images: no other text to swap in"}
+    perm = derangement(len(texts), seed)
+    swapped = [flip_text(t) for t in texts]
+
+    def dice(new_texts: list[str]) -> float:
+        summary, _ = evaluate_predictor(predictor, _TextsReplaced(dataset, new_texts), distances=False,
+                                        progress=False, **score)
+        return summary["dice"]
+
+    shuffled_dice, swapped_dice = dice([texts[j] for j in perm]), dice(swapped)
+    return {"true_dice": true_dice, "shuffled_dice": shuffled_dice, "swapped_dice": swapped_dice,
+            "drop_shuffled": true_dice - shuffled_dice, "drop_swapped": true_dice - swapped_dice,
+            "seed": seed, "n": len(texts), "n_swapped_texts": sum(a != b for a, b in zip(texts, swapped, strict=True))}
 
 
 def select_overlays(per_sample, k: int) -> list[tuple[str, int, int]]:
@@ -261,6 +309,10 @@ def run(
         on_batch=keep,
     )
 
+    if ep.text_reliance:
+        summary["text_reliance"] = text_reliance(
+            predictor, dataset, per_sample["text"].tolist(), summary["dice"], seed=ep.text_reliance_seed,
+            threshold=ep.threshold, batch_size=ep.batch_size, min_component_size=ep.min_component_size)
     metrics = {
         "regime": regime,
         "dataset": r.dataset,
@@ -371,8 +423,8 @@ def _provenance(params, regime: str, model_dir: Path, shards_dir: Path, labels_f
     train_prov = model_dir / "provenance.json"
     if train_prov.exists():
         tp = json.loads(train_prov.read_text())
-        # what trained the model: its commit, params and data (split) digests
-        extra["train"] = {k: tp.get(k) for k in ("git", "params_digest", "inputs")}
+        # what trained the model: its commit, params, data (split) and pretrained weights digests
+        extra["train"] = {k: tp.get(k) for k in ("git", "params_digest", "inputs", "weights")}
     return provenance.block(
         raw,
         keys,

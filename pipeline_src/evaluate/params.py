@@ -21,6 +21,10 @@ class EvalParams(BaseModel):
     dispersion_stage: int | None = -2
     # overlays saved per kind (best / median / worst) in eval/<regime>/overlays/
     overlays_per_kind: int = Field(1, ge=0)
+    # text-guided models: Dice again with each image's text replaced by another image's (a derangement seeded by
+    # text_reliance_seed) and with left/right swapped in the text, beside the true-text Dice
+    text_reliance: bool = True
+    text_reliance_seed: int = 0
 
 
 class ReportParams(BaseModel):

@@ -84,8 +84,8 @@ PUBLISHED_LABEL = "published, not ours"
 CSV_COLUMNS = (
     "source", "dataset", "data_source", "method", "fraction_pct", "regime", "eval_split", "n",
     "dice", "dice_std", "iou", "iou_std", "dice_global", "iou_global",
-    "hd95", "assd", "nsd", "sensitivity", "specificity", "align_top1", "reference",
-    "commit", "dirty", "params_digest", "shards_digest", "labels_digest", "model_digest",
+    "hd95", "assd", "nsd", "sensitivity", "specificity", "align_top1", "drop_shuffled", "drop_swapped",
+    "reference", "commit", "dirty", "params_digest", "shards_digest", "labels_digest", "model_digest",
     "train_commit", "train_params_digest", "split_digest",
 )  # fmt: skip
 PCT = ("dice", "dice_std", "iou", "iou_std", "dice_global", "iou_global", "nsd", "sensitivity", "specificity")
@@ -137,6 +137,9 @@ def row_for(m: dict, data_source: str) -> dict:
         "hd95": m.get("hd95"),
         "assd": m.get("assd"),
         "align_top1": _pct((m.get("alignment") or {}).get("top1")),
+        # text reliance: Dice points lost with another image's text / with left and right swapped
+        "drop_shuffled": _pct((m.get("text_reliance") or {}).get("drop_shuffled")),
+        "drop_swapped": _pct((m.get("text_reliance") or {}).get("drop_swapped")),
         "reference": f"metrics/{m['_file']}",
         "commit": git.get("commit"),
         "dirty": git.get("dirty"),
@@ -184,7 +187,7 @@ def _pm(mean, std) -> str:
 
 TABLE_HEAD = (
     "source", "method", "labels %", "split", "n", "Dice per-image", "IoU per-image", "Dice global", "IoU global",
-    "HD95 px", "ASSD px", "NSD", "Sens", "Spec", "img→txt top1",
+    "HD95 px", "ASSD px", "NSD", "Sens", "Spec", "img→txt top1", "Dice drop, shuffled text", "Dice drop, sides swapped",
 )  # fmt: skip
 
 
@@ -196,6 +199,7 @@ def _table_cells(r: dict) -> list[str]:
         _pm(r.get("dice"), r.get("dice_std")), _pm(r.get("iou"), r.get("iou_std")),
         _fmt(r.get("dice_global")), _fmt(r.get("iou_global")), _fmt(r.get("hd95")), _fmt(r.get("assd")),
         _fmt(r.get("nsd")), _fmt(r.get("sensitivity")), _fmt(r.get("specificity")), _fmt(r.get("align_top1")),
+        _fmt(r.get("drop_shuffled")), _fmt(r.get("drop_swapped")),
     ]  # fmt: skip
 
 

@@ -109,7 +109,7 @@ def _verify_model_file(model_dir: Path, path: Path) -> str:
 def load_predictor(model_dir: str | Path, device: str = "cpu", bf16: bool = False) -> Predictor:
     from pipeline_src.models import build_model
     from pipeline_src.models.params import ModelParams
-    from pipeline_src.models.text import build_tokenizer
+    from pipeline_src.models.text import build_tokenizer, defines_architecture
 
     model_dir = Path(model_dir)
     path = model_dir / "model.pt"
@@ -122,8 +122,8 @@ def load_predictor(model_dir: str | Path, device: str = "cpu", bf16: bool = Fals
         raise MedrefError(f"{path}: unreadable model file ({type(e).__name__}: {e}); {_recover(model_dir)}") from e
     mcfg = ModelParams.model_validate(blob["model_config"])
     # The saved state dict holds every weight: do not re-read init files (absent on a collaborator's machine).
-    # A local-dir: text tower stays, because it also defines the tower's architecture and tokenizer.
-    tw = mcfg.text_weights if (mcfg.text_weights or "").startswith("local-dir:") else None
+    # A local-dir: / hf-dir: / hf: text tower stays, because it also defines the tower's architecture and tokenizer.
+    tw = mcfg.text_weights if defines_architecture(mcfg.text_weights) else None
     mcfg = mcfg.model_copy(update={"image_weights": None, "text_weights": tw})
     net = build_model(mcfg)
     net.load_state_dict(blob["state_dict"])

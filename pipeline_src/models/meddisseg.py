@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline_src.models.encoders import ImageEncoder
+from pipeline_src.models.encoders import ImageEncoder, normalise, resolve_image_norm
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building blocks (usable by other models: SSA on any feature map, AMC fusion on any list of scales)
@@ -202,7 +202,9 @@ class MedDisSegConfig:
     """Everything that defines the architecture (saved in model.pt so a checkpoint rebuilds itself)."""
 
     image_encoder: str = "resnet18"
-    image_weights: str | None = None  # local timm/torchvision state dict; never downloaded
+    image_weights: str | None = None  # local weights (pipeline_src/models/encoders.py); never downloaded
+    image_norm: str = "auto"  # centre | imagenet | auto (imagenet for weights whose pretrained config says so)
+    allow_partial_weights: bool = False
     out_indices: tuple[int, ...] = (1, 2, 3, 4)  # ResNet: strides 4..32; feats[2] = layer3 (dispersive stage)
     decoder_dim: int = 64
     embed_dim: int = 64
@@ -230,7 +232,8 @@ class MedDisSeg(nn.Module):
             cfg = MedDisSegConfig(**{**cfg.__dict__, **overrides})
         self.config = cfg
         dim = cfg.decoder_dim
-        self.encoder = ImageEncoder(cfg.image_encoder, cfg.image_weights, cfg.out_indices)
+        self.encoder = ImageEncoder(cfg.image_encoder, cfg.image_weights, cfg.out_indices, cfg.allow_partial_weights)
+        self.norm = resolve_image_norm(cfg.image_norm, cfg.image_weights)
         chans = self.encoder.channels
         if cfg.ssa:
             self.lateral = nn.ModuleList(StructureSensitiveAttention(c, dim) for c in chans)
@@ -249,9 +252,9 @@ class MedDisSeg(nn.Module):
     def features(self, images: Tensor) -> list[Tensor]:
         """Raw encoder stage features, shallow to deep (what the dispersive loss sees).
 
-        The [0,1] input is centred as in ``segmodel.py`` (short runs otherwise predict nothing in eval mode:
-        BN's running variance starts at 1 while raw grey pixels have a tiny variance)."""
-        return self.encoder((images - 0.5) / 0.25)
+        The [0,1] input is centred (or ImageNet-normalised) as in ``segmodel.py`` (short runs otherwise predict
+        nothing in eval mode: BN's running variance starts at 1 while raw grey pixels have a tiny variance)."""
+        return self.encoder(normalise(images, self.norm))
 
     def decode(self, feats: list[Tensor]) -> Tensor:
         """Encoder features -> logits at the finest feature resolution."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline_src.models.encoders import ImageEncoder
+from pipeline_src.models.encoders import ImageEncoder, normalise, resolve_image_norm
 from pipeline_src.models.fusion import GuideDecoder
 from pipeline_src.models.text import TextEncoder
 
@@ -27,22 +27,23 @@ class SegModel(nn.Module):
     def __init__(self, cfg, uses_text: bool = True):
         super().__init__()
         self.uses_text = uses_text
-        self.image = ImageEncoder(cfg.image_encoder, cfg.image_weights, tuple(cfg.out_indices))
+        self.image = ImageEncoder(cfg.image_encoder, cfg.image_weights, tuple(cfg.out_indices),
+                                  cfg.allow_partial_weights)
+        self.norm = resolve_image_norm(cfg.image_norm, cfg.image_weights)
         self.text = None
         text_dim = None
         if uses_text:
-            self.text = TextEncoder(cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.context_length,
-                                    cfg.embed_dim, cfg.text_weights)
+            self.text = TextEncoder(cfg)
             text_dim = self.text.width
         self.decoder = GuideDecoder(self.image.channels, cfg.decoder_dim, text_dim, cfg.decoder_heads,
                                     getattr(cfg, "n_classes", 1))
         self.img_proj = nn.Linear(self.image.channels[-1], cfg.embed_dim)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None) -> dict:
-        # Centre the [0,1] grey input: raw X-ray pixels give the stem conv a tiny variance (~1e-3), and BN's
-        # running variance (initialised at 1, momentum 0.1) then needs hundreds of steps to come down; short
-        # runs predicted nothing in eval mode until this was added.
-        feats = self.image((images - 0.5) / 0.25)
+        # Centre the [0,1] grey input (or ImageNet-normalise it for ImageNet weights): raw X-ray pixels give the
+        # stem conv a tiny variance (~1e-3), and BN's running variance (initialised at 1, momentum 0.1) then needs
+        # hundreds of steps to come down; short runs predicted nothing in eval mode until this was added.
+        feats = self.image(normalise(images, self.norm))
         txt_emb = toks = pad = None
         if self.uses_text:
             txt_emb, toks, pad = self.text(tokens)

@@ -1,9 +1,23 @@
-"""Text encoder: an open_clip CLIP text tower built from a small config, and its tokenizer.
+"""Text encoders behind one interface: ``TextEncoder(cfg)`` and ``build_tokenizer(context_length, weights)``.
 
-Random init offline by default. ``train.model.text_weights`` may name
-- a local checkpoint file (a CLIP/open_clip state dict; ``text.``-prefixed keys of a CustomTextCLIP work too), or
-- ``local-dir:<folder>`` holding an open_clip model (open_clip_config.json + weights), e.g. a user's
-  BiomedCLIP; the folder's text tower *and* tokenizer are used and the size keys are ignored.
+``train.model.text_weights`` picks the tower:
+- null: an open_clip CLIP text tower built from the size keys, random init (the default);
+- a local checkpoint file: a CLIP/open_clip state dict for that tower (``text.``-prefixed keys of a CustomTextCLIP
+  work too);
+- ``local-dir:<folder>`` holding an open_clip model (open_clip_config.json + weights), e.g. a user's BiomedCLIP; the
+  folder's text tower *and* tokenizer are used and the size keys are ignored;
+- ``hf-dir:<folder>`` / ``hf:<owner>/<name>``: a Hugging Face transformers BERT-family model (CXR-BERT included)
+  from a folder or the local HF cache, offline (``pipeline_src/models/text_hf.py``).
+
+Options (``train.model``): ``text_pooling`` (``tower``: the tower's own pooled output, [CLS] for a transformers
+tower; ``official``: the Semi-MedRef / GuideDecoder code, the mean of hidden states 1, 2 and the last, averaged over
+all ``context_length`` positions, padding included; ``masked``: the same over the real tokens only),
+``text_head`` (``linear``, or ``mlp`` = Linear -> LayerNorm -> GELU -> Linear as in that code) and ``text_train``
+(``full``, ``frozen``, ``last_k`` = the last ``text_train_k`` layers train). The official setting:
+``text_weights: hf:microsoft/BiomedVLP-CXR-BERT-specialized, text_pooling: official, text_head: mlp,
+text_train: frozen, context_length: 24``.
+
+    .venv/bin/python -m pytest -q tests/test_text_hf.py
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from torch import nn
 
 from pipeline_src.errors import MedrefError
 from pipeline_src.models.encoders import check_matched, read_state_dict
+from pipeline_src.models.text_hf import HFTokenizer, HFTower, is_hf
 
 LOCAL_DIR_CONFIG = "open_clip_config.json"  # what open_clip's local-dir: loader reads first
 
@@ -28,39 +43,151 @@ def _simple_tokenizer(context_length: int) -> open_clip.tokenizer.SimpleTokenize
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
 
+class JoinedText(str):
+    """T-PatchMix's joined report "{a} and {b}" that remembers its two parts, so that a tokenizer whose
+    ``context_length`` cannot hold both can keep both parts' position phrases (see ``fit_joined``)."""
+
+    parts: tuple[str, str]
+
+    def __new__(cls, a: str, b: str) -> JoinedText:
+        self = super().__new__(cls, f"{a} and {b}")
+        self.parts = (str(a), str(b))
+        return self
+
+
+def _position_tail(text: str) -> str:
+    """The text from its first position word on ("..., one infected area, lower left lung." -> "lower left lung.");
+    QaTa-style reports name the position last, after boilerplate."""
+    from pipeline_src.labels.text_parser import parse
+
+    spans = parse(text).spans
+    return text[min(s for s, _ in spans):] if spans else text
+
+
+def fit_joined(text: str, n_tokens, context_length: int) -> str:
+    """A joined text that would be truncated (its second part's position words cut off: 67 % of the synthetic
+    QaTa pairs under CLIP's 32 tokens, all under CXR-BERT's 24) is shortened to the two position phrases
+    ("upper left lung and lower right lung."); any other text is returned unchanged."""
+    if not isinstance(text, JoinedText) or n_tokens(text) <= context_length:
+        return text
+    return f"{_position_tail(text.parts[0])} and {_position_tail(text.parts[1])}"
+
+
+class _FitJoined:
+    """A tokenizer that first applies ``fit_joined`` to each text (every tokenizer medref builds is one)."""
+
+    def __init__(self, tokenize, n_tokens, context_length: int):
+        self.tokenize, self.n_tokens, self.context_length = tokenize, n_tokens, context_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenize([fit_joined(t, self.n_tokens, self.context_length) for t in texts])
+
+
 def build_tokenizer(context_length: int, weights: str | None = None):
-    """list[str] -> LongTensor[B, context_length] (truncated; the CLIP EOT token kept last)."""
+    """list[str] -> LongTensor[B, context_length] (truncated; CLIP: the EOT token kept last, pad 0; transformers:
+    [CLS] ... [SEP], the tower's pad id). T-PatchMix's joined texts that do not fit are shortened first."""
+    if is_hf(weights):
+        tok = HFTokenizer(weights, context_length)
+        return _FitJoined(tok, lambda t: len(tok.tok(t)["input_ids"]), context_length)
     if weights and weights.startswith("local-dir:"):
-        return open_clip.get_tokenizer(local_dir(weights), context_length=context_length)
-    return _simple_tokenizer(context_length)
+        tok = open_clip.get_tokenizer(local_dir(weights), context_length=context_length)
+        count = getattr(tok, "encode", None)  # open_clip's BPE tokenizer; an HF-backed one counts its own way
+        n = (lambda t: len(count(t)) + 2) if count else (lambda t: int((tok([t])[0] != 0).sum()) + 1)
+        return _FitJoined(tok, n, context_length)
+    tok = _simple_tokenizer(context_length)
+    return _FitJoined(tok, lambda t: len(tok.encode(t)) + 2, context_length)  # + start and end of text
+
+
+def defines_architecture(weights: str | None) -> bool:
+    """Whether the ``text_weights`` source also defines the tower's architecture and tokenizer (so a saved model
+    needs it to be rebuilt), rather than only initial weights."""
+    return bool(weights) and (weights.startswith("local-dir:") or is_hf(weights))
 
 
 class TextEncoder(nn.Module):
     """Returns pooled text embedding [B, embed_dim], token features [B, L, width] and a pad mask [B, L]."""
 
-    def __init__(self, width: int, layers: int, heads: int, context_length: int, embed_dim: int,
-                 weights: str | None = None):
+    def __init__(self, cfg, load_weights: bool = True):
         super().__init__()
-        if weights and weights.startswith("local-dir:"):
+        weights = cfg.text_weights
+        self.hf = is_hf(weights)
+        self.pooling = cfg.text_pooling
+        if self.hf:
+            self.tower = HFTower(weights, cfg.context_length, load_weights, cfg.allow_partial_weights)
+            self.width = out_dim = self.tower.width
+        elif weights and weights.startswith("local-dir:"):
             clip = open_clip.create_model(local_dir(weights), pretrained=None, load_weights=True)
             self.tower = _text_tower_of(clip, weights)
             self.tower.output_tokens = True
-            self.width = getattr(self.tower, "width", width)
+            self.width = getattr(self.tower, "width", cfg.text_width)
+            out_dim = getattr(self.tower, "output_dim", cfg.embed_dim) or self.width
         else:
             # Pad id 0 + argmax pooling is CLIP's convention (the EOT token has the largest id).
-            self.tower = TextTransformer(context_length=context_length, width=width, heads=heads, layers=layers,
-                                         output_dim=embed_dim, output_tokens=True)
-            self.width = width
-            if weights:
-                _load_text_weights(self.tower, Path(weights))
-        out_dim = getattr(self.tower, "output_dim", embed_dim) or self.width
-        # Always project to the model's shared embedding size, so user towers of any width plug in.
-        self.proj = nn.Identity() if out_dim == embed_dim else nn.Linear(out_dim, embed_dim)
+            self.tower = TextTransformer(context_length=cfg.context_length, width=cfg.text_width,
+                                         heads=cfg.text_heads, layers=cfg.text_layers, output_dim=cfg.embed_dim,
+                                         output_tokens=True)
+            self.width = cfg.text_width
+            out_dim = getattr(self.tower, "output_dim", cfg.embed_dim) or self.width
+            if weights and load_weights:
+                _load_text_weights(self.tower, Path(weights), cfg.allow_partial_weights)
+        if self.pooling != "tower" and not self.hf:
+            raise MedrefError(f"train.model.text_pooling: {self.pooling!r} needs a transformers text tower "
+                              "(text_weights: hf-dir:<folder> or hf:<repo id>); open_clip towers pool themselves")
+        e = cfg.embed_dim
+        if cfg.text_head == "mlp":
+            self.proj = nn.Sequential(nn.Linear(out_dim, e), nn.LayerNorm(e), nn.GELU(), nn.Linear(e, e))
+        else:
+            # Always project to the model's shared embedding size, so user towers of any width plug in.
+            self.proj = nn.Identity() if out_dim == e else nn.Linear(out_dim, e)
+        set_trainable(self.tower, cfg.text_train, cfg.text_train_k)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pooled, toks = self.tower(tokens)
-        pad = tokens == 0
-        return self.proj(pooled), toks, pad
+        if not self.hf:
+            pooled, toks = self.tower(tokens)
+            return self.proj(pooled), toks, tokens == 0
+        hidden, mask = self.tower(tokens)
+        toks = hidden[-1]
+        if self.pooling == "tower":
+            pooled = toks[:, 0]  # [CLS]
+        else:
+            layers = torch.stack([hidden[1], hidden[2], hidden[-1]]).mean(0)  # [B, L, width]
+            if self.pooling == "official":
+                pooled = layers.mean(1)
+            else:
+                w = mask.unsqueeze(-1).to(layers.dtype)
+                pooled = (layers * w).sum(1) / w.sum(1).clamp_min(1)
+        return self.proj(pooled), toks, ~mask
+
+
+def _layers(tower: nn.Module) -> nn.ModuleList:
+    if isinstance(tower, HFTower):
+        return tower.layers()
+    blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
+    if blocks is None:
+        raise MedrefError(f"train.model.text_train: last_k needs a tower with a layer list; {type(tower).__name__} "
+                          "has none (use full or frozen)")
+    return blocks
+
+
+def set_trainable(tower: nn.Module, mode: str, k: int) -> None:
+    """``full``: every tower weight trains; ``frozen``: none (the projection head still does); ``last_k``: the last
+    ``k`` layers (plus an open_clip tower's final norm and projection, which sit after them)."""
+    if mode == "full":
+        return
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    if mode == "frozen":
+        return
+    layers = _layers(tower)
+    if k > len(layers):
+        raise MedrefError(f"train.model.text_train_k: {k} exceeds the text tower's {len(layers)} layers")
+    for layer in list(layers)[len(layers) - k:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    for name in ("ln_final", "text_projection"):
+        part = getattr(tower, name, None)
+        if isinstance(part, (nn.Module, nn.Parameter)):
+            part.requires_grad_(True)
 
 
 def _text_tower_of(clip: nn.Module, source: str) -> nn.Module:
@@ -72,10 +199,10 @@ def _text_tower_of(clip: nn.Module, source: str) -> nn.Module:
     )
 
 
-def _load_text_weights(tower: TextTransformer, path: Path) -> None:
+def _load_text_weights(tower: TextTransformer, path: Path, allow_partial: bool = False) -> None:
     key = "train.model.text_weights"
     if not path.is_file():
-        raise MedrefError(f"{key}: {path} is not a file (or use local-dir:<folder>)")
+        raise MedrefError(f"{key}: {path} is not a file (or use local-dir:<folder>, hf-dir:<folder>, hf:<repo id>)")
     sd = read_state_dict(path, key)
     own = tower.state_dict()
     picked = {}
@@ -83,7 +210,7 @@ def _load_text_weights(tower: TextTransformer, path: Path) -> None:
         k = k.removeprefix("module.").removeprefix("text.")
         if k in own and own[k].shape == v.shape:
             picked[k] = v
-    check_matched(picked, own, path, key, "text tower (check width/layers)")
+    check_matched(picked, own, path, key, "text tower (check width/layers)", allow_partial)
     tower.load_state_dict(picked, strict=False)
 
 

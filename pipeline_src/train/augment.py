@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline_src.labels.text_parser import flip_regions, flip_text, parse
+from pipeline_src.models.text import JoinedText
 
 
 def _rand(gen: torch.Generator, n: int) -> torch.Tensor:
@@ -152,7 +153,7 @@ def tpatchmix(batch: dict, probs: torch.Tensor, conf: torch.Tensor, gen: torch.G
         if not bool(m.any()):
             continue
         paste[i, 0] = m
-        texts[i] = f"{texts[i]} and {batch['texts'][j]}"
+        texts[i] = JoinedText(texts[i], batch["texts"][j])  # "{a} and {b}", shortened by a tokenizer that needs to
         spans[i] = []
         regions[i] = batch["regions"][i] | batch["regions"][j]
     pf = paste.float()

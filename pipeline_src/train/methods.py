@@ -165,9 +165,12 @@ def batch_stats(net: nn.Module):
 def ema_update(teacher: nn.Module, student: nn.Module, m: float) -> None:
     """teacher <- m * teacher + (1 - m) * student over the state dict: parameters and float buffers (BN running
     stats); integer buffers (num_batches_tracked) are copied. Non-persistent buffers (the text tower's -inf
-    causal mask) are left alone: 0 * -inf would turn them into NaN."""
+    causal mask) are left alone: 0 * -inf would turn them into NaN. Frozen parameters (a frozen text tower) are
+    skipped: they are equal in both, and m * x + (1 - m) * x is not x in floating point, so averaging them would
+    drift the frozen weights (and cost a pass over, e.g., BERT-base's 110 M weights per step)."""
     t, s = teacher.state_dict(), student.state_dict()
-    floats = [k for k, v in t.items() if v.dtype.is_floating_point]
+    frozen = {n for n, p in student.named_parameters() if not p.requires_grad}
+    floats = [k for k, v in t.items() if v.dtype.is_floating_point and k not in frozen]
     if m == 0.0:  # burn-in: an exact copy
         torch._foreach_copy_([t[k] for k in floats], [s[k] for k in floats])
     else:

@@ -96,3 +96,22 @@ class TrainParams(Strict):
     tpatchmix: TPatchMixParams = TPatchMixParams()
     itcl: ITCLParams = ITCLParams()
     dispersive: DispersiveParams = DispersiveParams()
+
+
+class PretrainTextParams(Strict):
+    """params.yaml ``pretrain_text``: the MLM text encoder of ``medref pretrain_text`` (train/pretrain_text.py)."""
+
+    datasets: tuple[str, ...] = ("qata",)  # datasets with report texts to pretrain on (the stage's foreach)
+    vocab: str | None = None  # a WordPiece vocab.txt (e.g. CXR-BERT's); null = built from the train texts
+    vocab_size: int = Field(2000, ge=16)  # built vocabulary: at most this many entries
+    hidden_size: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    max_length: int = Field(32, ge=8)  # tokens per text (>= train.model.context_length to load it there)
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-4, gt=0)  # AdamW, linear warm-up (10 % of steps) then linear decay
+    weight_decay: float = Field(0.01, ge=0)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0

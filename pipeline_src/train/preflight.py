@@ -65,15 +65,18 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
     model = model.model_copy(update={"n_classes": n_classes})
 
     _check_encoder(model)
-    for key in ("image_weights", "text_weights"):
-        value = getattr(model, key)
-        if not value:
-            continue
-        folder = value.startswith("local-dir:")
-        path = Path(value.removeprefix("local-dir:"))
-        if not (path.is_dir() if folder else path.is_file()):
-            raise MedrefError(f"{src}: {params.run_key(regime, 'train.model.' + key)}: {'folder' if folder else 'file'} "
-                              f"{path} not found (local weights only; nothing is downloaded)")
+    from pipeline_src.models.encoders import resolve_image_norm
+    from pipeline_src.models.weights import weight_paths
+
+    try:  # every weights file/folder exists locally (hf: / hf-hub: resolved from the cache, never downloaded)
+        weight_paths(model)
+        # saved in model.pt resolved: a predictor rebuilds the model without the weights files
+        model = model.model_copy(update={"image_norm": resolve_image_norm(model.image_norm, model.image_weights)})
+    except MedrefError as e:  # name the key to edit: the regime's override when it sets it
+        msg = str(e)
+        for key in ("image_weights", "text_weights"):
+            msg = msg.replace(f"train.model.{key}:", f"{params.run_key(regime, 'train.model.' + key)}:", 1)
+        raise MedrefError(f"{src}: {msg}") from e
 
     # The labelled count first (a params problem), from the split file or, before it exists, by the split's rule.
     if split_file.is_file():

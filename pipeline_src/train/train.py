@@ -36,6 +36,7 @@ from pipeline_src.labels.table import Label, read_labels
 from pipeline_src.models import build_model
 from pipeline_src.models.metrics import class_dice_from_counts, dice_iou_from_counts
 from pipeline_src.models.text import build_tokenizer
+from pipeline_src.models.weights import record as weights_record
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.train import model_card
 from pipeline_src.train.methods import METHODS
@@ -357,6 +358,8 @@ def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_fil
 
     fingerprint = sha256_json({
         "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_RESULT_KEYS},
+        # other weights behind the same path: no resume from the old run (key absent without weights files)
+        **({"weights": w} if (w := weights_digests(cfg.model)) else {}),
         "method": plan.method, "seed": seed, "split": plan.split.get("digest"),
         "labelled": len(lab), "unlabelled": len(unl) if unl is not None else 0,
     })
@@ -461,7 +464,7 @@ def export(s: RunState, params, out_dir: Path) -> Path:
         # model_sha256: loading the model checks it, so a modified/truncated model.pt is caught before use
         digest = sha256_file(tmp / "model.pt")
         prov = _provenance(params, s.regime, p["shards_dir"], p["labels_file"], p["split_file"], s.step)
-        write_json(tmp / "provenance.json", {"model_sha256": digest, **prov})
+        write_json(tmp / "provenance.json", {"model_sha256": digest, **prov, "weights": weights_record(cfg.model)})
         split = json.loads(Path(p["split_file"]).read_text())
         (tmp / model_card.CARD).write_text(model_card.render(s.regime, config, prov, digest, manifest, split))
         _write_live(tmp / "live", s.history, config)
@@ -470,6 +473,10 @@ def export(s: RunState, params, out_dir: Path) -> Path:
     write_json(p["run_dir"] / "timing.json", {"train_seconds": round(s.elapsed, 3), "steps": s.step})
     print(f"[train] {s.regime}: {s.step} steps in {s.elapsed:.1f} s")
     return out_dir
+
+
+def weights_digests(model) -> dict[str, str]:
+    return {role: e["sha256"] for role, e in weights_record(model).items()}
 
 
 def _disk_full(path: Path, regime: str):
