@@ -355,9 +355,6 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Params:
             TrainParams.model_validate(deep_merge(params.train.model_dump(), over))
         except ValidationError as e:
             raise ParamsError(f"{path}: {key}: {_fmt(e)}") from e
-    for name in params.pretrain_text.datasets:
-        if name not in params.datasets:
-            raise ParamsError(f"{path}: pretrain_text.datasets: unknown dataset {name!r}")
     for name, r in params.regimes.items():
         if r.dataset not in params.datasets:
             raise ParamsError(f"{path}: regimes.{name}.dataset: unknown dataset {r.dataset!r}")
@@ -386,6 +383,10 @@ def grid_document(raw: dict[str, Any]) -> dict[str, Any]:
         raise ParamsError(_fmt(e)) from e
     from pipeline_src.models.params import weight_deps
 
+    # the engines' pretrain_text stages (a params file used outside them need not hold these datasets)
+    for name in params.pretrain_text.datasets:
+        if name not in params.datasets:
+            raise ParamsError(f"pretrain_text.datasets: unknown dataset {name!r}")
     runs = {name: {**r.model_dump(mode="json"), "split": r.split, **_tracked_keys(raw, name, r),
                    **weight_deps(params.train_for(name).model.model_dump(), FORCED_ARCH.get(r.method))}
             for name, r in params.regimes.items()}

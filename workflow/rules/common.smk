@@ -7,7 +7,8 @@ import re
 from pipeline_src.params import grid_document
 
 DATASETS = list(config["datasets"])
-GRID = grid_document(config)
+# `launcher` is the slurm profile's --config entry (where training runs), not a param
+GRID = grid_document({k: v for k, v in config.items() if k != "launcher"})
 # run name -> {dataset, fraction, method, train, seed, study, variant, split}
 RUNS = GRID["runs"]
 REGIMES = list(RUNS)
