@@ -32,10 +32,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_train import TEXTS, fake_batch  # noqa: E402  (the same report-like batches)
+
 SHARED_QATA = REPO.parent / "shared" / "data" / "qata_sample"
 BF16_TOL = {"max": 0.05, "mean": 0.005}  # |p_cpu_fp32 - p_bf16| on sigmoid probabilities
-TEXTS = ["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
-         "Unilateral pulmonary infection, one infected area, middle left lung."]
 
 SIZES = {
     "paper": {"image": 224, "batch": 32, "encoder": "convnext_tiny", "bert": (12, 768, 12, 3072), "steps": 12,
@@ -68,19 +69,6 @@ def _bert_folder(dest: Path, layers: int, width: int, heads: int, ffn: int) -> P
 def _model_params(size: dict, bert: Path) -> dict:
     return {"image_encoder": size["encoder"], "text_weights": f"hf-dir:{bert}", "text_pooling": "official",
             "text_head": "mlp", "text_train": "frozen", "context_length": 24}
-
-
-def _batch(n: int, image: int, gen):
-    import torch
-
-    from pipeline_src.labels.text_parser import parse
-
-    texts = [TEXTS[i % 2] for i in range(n)]
-    parsed = [parse(t) for t in texts]
-    return {"images": torch.rand(n, 1, image, image, generator=gen),
-            "masks": (torch.rand(n, 1, image, image, generator=gen) > 0.9).float(), "texts": texts,
-            "spans": [p.spans for p in parsed], "regions": torch.tensor([p.regions for p in parsed]),
-            "known": torch.ones(n, dtype=torch.bool)}
 
 
 def throughput(size: dict, bert: Path, device, compile_: bool, peak_tflops: float) -> dict:
@@ -122,7 +110,7 @@ def throughput(size: dict, bert: Path, device, compile_: bool, peak_tflops: floa
     def to(b):
         return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in b.items()}
 
-    lab, unl = to(_batch(size["batch"], size["image"], g)), to(_batch(size["batch"], size["image"], g))
+    lab, unl = to(fake_batch(size["batch"], size["image"], g)), to(fake_batch(size["batch"], size["image"], g))
 
     def step(i):
         loss, _ = method.loss(i, lab, unl, torch.Generator().manual_seed(i))
@@ -167,7 +155,7 @@ def parity(size: dict, bert: Path, device) -> dict:
     torch.manual_seed(0)
     net = build_model(mcfg).eval()
     tok = build_tokenizer(mcfg.context_length, mcfg.text_weights)
-    b = _batch(4, size["image"], torch.Generator().manual_seed(1))
+    b = fake_batch(4, size["image"], torch.Generator().manual_seed(1))
     tokens = tok(b["texts"])
     with torch.no_grad():
         ref = torch.sigmoid(net(b["images"], tokens)["logits"].float())
