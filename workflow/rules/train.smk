@@ -13,7 +13,10 @@ rule train:
         labels_of,
         split_of,
         # the pretrained weights the run reads (workflow/no-weights.txt when none), as in dvc.yaml
-        lambda w: [RUNS[w.regime]["image_weights_dep"], RUNS[w.regime]["text_weights_dep"]],
+        lambda w: [
+            RUNS[w.regime]["image_weights_dep"],
+            RUNS[w.regime]["text_weights_dep"],
+        ],
         SHARED_CODE,
         "pipeline_src/labels/table.py",
         "pipeline_src/provenance.py",
