@@ -214,8 +214,8 @@ def verdicts(params, study: str, cells: dict, res: dict) -> dict:
         out[key] = {"verdict": "not tested", "evidence": f"needs {SEMI_MEDREF} and one of {st.ssl_baselines} at "
                                                           f"{f:.0%}; {hint}"}
     else:
-        d = paired(cells[SEMI_MEDREF][f], cells[best][f], "dice", _bootstrap_index(
-            {SEMI_MEDREF: cells[SEMI_MEDREF], best: cells[best]}, st.bootstrap, params.base.seed)[f])
+        # the paired delta the table already holds (same bootstrap index), not a second computation
+        d = _find(res["deltas"], fraction=f, method=SEMI_MEDREF, kind="best_ssl")["dice"]
         if d["ci95"] is not None and d["ci95"][1] < 0:
             verdict = "yes: the claim is falsified here (Semi-MedRef is below the best SSL baseline)"
         elif d["ci95"] is not None and d["ci95"][0] > 0:
