@@ -20,13 +20,14 @@ from tests.test_slurm_launcher import slurm_cluster  # noqa: F401  (session fixt
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def _train_jobs(since: str) -> list[tuple[str, dt.datetime, dt.datetime]]:
+def train_jobs(since: str, runs: tuple[str, ...] = ("qata_10pct",)) -> list[tuple[str, dt.datetime, dt.datetime]]:
+    """The completed SLURM training jobs of these runs since ``since``: (job id, start, end), from sacct."""
     out = subprocess.run(["sacct", "-n", "-P", "-X", "-S", since, "--format=JobID,JobName,State,Start,End"],
                          capture_output=True, text=True, check=True).stdout
     jobs = []
     for line in out.splitlines():
         jid, name, state, start, end = line.split("|")
-        if name == "medref-train-qata_10pct" and state == "COMPLETED":
+        if name in {f"medref-train-{r}" for r in runs} and state == "COMPLETED":
             jobs.append((jid, dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)))
     return jobs
 
@@ -52,7 +53,7 @@ def test_dvc_queue_runs_trainings_as_concurrent_slurm_jobs(tmp_path, slurm_clust
     assert status.count("Success") == 2, status
     shown = json.loads(run([tool("dvc"), "exp", "show", "--json"], repo, env=e).stdout)
     assert "0.002" in json.dumps(shown) and "0.001" in json.dumps(shown)
-    jobs = _train_jobs(since)
+    jobs = train_jobs(since)
     assert len(jobs) == 2, f"expected one SLURM training job per experiment, sacct has {jobs}"
     (_, s1, e1), (_, s2, e2) = jobs
     assert max(s1, s2) < min(e1, e2), f"the two training jobs did not overlap in time: {jobs}"
