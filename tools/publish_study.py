@@ -73,6 +73,7 @@ def main() -> None:
             shutil.copy2(repo / "metrics" / f"{r}.json", tmp / "metrics" / f"{r}.json")
 
         commit = _git(repo, "rev-parse", "HEAD")
+        code_tree = _git(repo, "rev-parse", "HEAD:pipeline_src")
         subject = _git(repo, "log", "-1", "--format=%s")
         times = _wall_times(args.log)
         stage = lock["stages"][f"study@{args.study}"]
@@ -82,6 +83,8 @@ def main() -> None:
             f"- Produced by `dvc repro study@{args.study}` at medref commit `{commit}` (\"{subject}\"); that commit's",
             "  params.yaml and workflow/grid.yaml are copied here, and its dvc.lock records every stage's command,",
             "  params and input/output md5s.",
+            f"- The code: git tree `{code_tree}` of `pipeline_src/` (`git rev-parse <commit>:pipeline_src` on any",
+            "  commit gives the same hash exactly when its code is the same).",
             f"- Runs: {len(runs)} ({', '.join(runs)}).",
             "- The study stage's outputs: " + ", ".join(f"`{o['path']}` md5 {o.get('md5')}" for o in stage["outs"]),
             "- Files: `study/` (study.md, table.csv, dice_vs_fraction.csv/.png, as the stage wrote them),",
