@@ -130,3 +130,23 @@ def test_forced_architectures_match_the_methods():
     from pipeline_src.train.methods import METHODS
 
     assert {k: m.arch for k, m in METHODS.items() if m.arch} == P.FORCED_ARCH
+
+
+def test_committed_full_grid_tracks_the_pretrained_text_tower():
+    """The committed params.yaml at study_size: full: every full method is declared, and the pretrained-text rows
+    depend on pretrain_text@qata's folder (so a re-pretrained tower re-runs exactly those runs), the others on
+    no weights file."""
+    from pathlib import Path
+
+    raw = P.load_raw(Path(__file__).resolve().parents[1] / "params.yaml")
+    raw["study_size"] = "full"
+    doc = P.grid_document(raw)
+    full = raw["studies"]["qata"]["full"]
+    qata = [r for r in doc["runs"].values() if r["study"] == "qata"]
+    assert len(qata) == len(full["fractions"]) * len(full["methods"]) * len(full["seeds"])
+    text_rows = {r["variant"] for r in qata if r["text_weights_dep"] != "workflow/no-weights.txt"}
+    assert text_rows == {m for m in full["methods"] if "-text_" in m} and len(text_rows) == 4
+    assert {r["text_weights_dep"] for r in qata if r["variant"] in text_rows} == {"models/text/qata"}
+    assert "qata" in raw["pretrain_text"]["datasets"]
+    frozen = [r for r in qata if r["variant"] == "semi_medref-text_frozen"][0]
+    assert frozen["method"] == "semi_medref" and frozen["train"]["model"]["text_train"] == "frozen"
