@@ -95,6 +95,39 @@ def test_mean_std_delta_wins_ci_against_hand_values(written):
     assert "| semi_medref (headline) | 10% | 0.650 ± 0.000" in (tmp / "out" / "study.md").read_text()
 
 
+def test_text_reliance_table_against_hand_values(written):
+    """Eval's per-run text_reliance (shuffled / L-R swapped Dice) becomes a table: mean +- std over seeds; a run
+    without it (image-only: nulls) leaves its method out of the markdown section."""
+    params, metrics, evals, tmp = written
+    shuffled = {("semi_medref", 0): 0.40, ("semi_medref", 1): 0.50, ("supervised", 0): 0.30, ("supervised", 1): 0.30}
+    for name, r in params.study_runs("s").items():
+        m = json.loads((metrics / f"{name}.json").read_text())
+        true = m["dice"]
+        if (r.variant, r.seed) in shuffled:
+            sh = shuffled[r.variant, r.seed]
+            m["text_reliance"] = {"true_dice": true, "shuffled_dice": sh, "swapped_dice": true - 0.01 * (r.seed + 1),
+                                  "drop_shuffled": true - sh, "drop_swapped": 0.01 * (r.seed + 1)}
+        else:
+            m["text_reliance"] = dict.fromkeys(["true_dice", "shuffled_dice", "swapped_dice", "drop_shuffled",
+                                                "drop_swapped"]) | {"reason": "image-only model: it reads no text"}
+        (metrics / f"{name}.json").write_text(json.dumps(m))
+    res = study.run(params, "s", metrics, evals, tmp / "out", tmp / "s.json")
+    t = res["table"]["semi_medref"]["0.1"]
+    assert math.isclose(t["text_reliance.shuffled_dice"]["mean"], 0.45)
+    assert math.isclose(t["text_reliance.shuffled_dice"]["std"], math.sqrt(2 * 0.05 ** 2))
+    assert math.isclose(t["text_reliance.drop_shuffled"]["mean"], 0.65 - 0.45)  # true Dice 0.65 in both seeds
+    assert math.isclose(t["text_reliance.drop_swapped"]["mean"], 0.015)
+    sup = res["table"]["supervised"]["0.1"]
+    assert math.isclose(sup["text_reliance.drop_shuffled"]["mean"], 0.5 - 0.3)  # 0.55 - 0.3, 0.45 - 0.3
+    assert res["table"]["mean_teacher"]["0.1"]["text_reliance.shuffled_dice"] == {"mean": None, "std": None, "n": 0}
+    md = (tmp / "out" / "study.md").read_text()
+    section = md.split("## Text reliance")[1].split("##")[0]
+    assert "| semi_medref | 10% | 0.650 ± 0.000 | 0.450 ± 0.071 | 0.200 ± 0.071 |" in section
+    assert "mean_teacher" not in section
+    header = (tmp / "out" / "table.csv").read_text().splitlines()[0].split(",")
+    assert "text_reliance.drop_shuffled_mean" in header
+
+
 def test_missing_run_metrics_is_one_clear_error(written):
     params, metrics, evals, tmp = written
     (metrics / "d_10pct-s1.json").unlink()

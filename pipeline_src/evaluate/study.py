@@ -8,6 +8,8 @@ the grid gives the study (params.yaml ``studies.<study>``; run names in workflow
 - **Main table**: method (or variant) x labelled fraction, mean +- std over the training seeds (sample std,
   n-1), for Dice and IoU in both conventions (per-image mean, and global = pooled pixel counts), HD95, NSD,
   image->text top-1 retrieval and region agreement, and the pooled-feature dispersion.
+- **Text reliance** (text-guided runs): per-image Dice with each test image's text replaced by another's, and
+  with left/right swapped, beside the true-text Dice, mean +- std over seeds (eval's ``text_reliance``).
 - **Paired deltas**: every method minus the study's ``baseline`` and minus the best of its ``ssl_baselines``
   at that fraction (the highest mean per-image Dice), seed by seed (runs at one fraction share the labelled
   set; seed s is paired with seed s). With each: the mean delta, the per-seed win count, and a bootstrap 95 %
@@ -35,6 +37,13 @@ METRICS = [
     ("dice", "Dice"), ("dice_global", "Dice (global)"), ("iou", "IoU"), ("iou_global", "IoU (global)"),
     ("hd95", "HD95 px"), ("nsd", "NSD"), ("alignment.top1", "i2t top-1"),
     ("alignment.region_agreement", "region agree"), ("dispersion.mean_pairwise_dist", "dispersion"),
+]
+# eval's text-reliance probe (text-guided runs only; null for image-only ones): Dice with deranged texts and with
+# left/right swapped, and the drops from the true-text Dice
+RELIANCE = [
+    ("text_reliance.true_dice", "Dice (true text)"), ("text_reliance.shuffled_dice", "Dice (shuffled)"),
+    ("text_reliance.drop_shuffled", "drop (shuffled)"), ("text_reliance.swapped_dice", "Dice (L/R swapped)"),
+    ("text_reliance.drop_swapped", "drop (swapped)"),
 ]
 LOWER_IS_BETTER = {"hd95"}
 SEMI_MEDREF, MEDDISSEG = "semi_medref", "meddisseg"
@@ -147,7 +156,7 @@ def aggregate(params, study: str, cells: dict) -> dict:
     fractions = sorted({f for v in cells.values() for f in v})
     boot = _bootstrap_index(cells, st.bootstrap, params.base.seed)
     table = {v: {f"{f:g}": {k: _mean_std([_get(c["metrics"], k) for c in cells[v].get(f, {}).values()])
-                            for k, _ in METRICS} for f in fractions if f in cells[v]} for v in variants}
+                            for k, _ in METRICS + RELIANCE} for f in fractions if f in cells[v]} for v in variants}
     best_ssl = {}
     for f in fractions:
         present = [b for b in st.ssl_baselines if f in cells.get(b, {})]
@@ -298,6 +307,17 @@ def markdown(res: dict) -> str:
         for f, t in by_f.items():
             lines.append("| " + " | ".join([v + (" (headline)" if v == res["headline"] else ""), f"{float(f):.0%}"]
                                            + [_cell(t[k], 2 if k == "hd95" else 3) for k, _ in METRICS]) + " |")
+    reliance = [(v, f, t) for v, by_f in res["table"].items() for f, t in by_f.items()
+                if t.get(RELIANCE[0][0], {}).get("mean") is not None]
+    if reliance:
+        lines += ["", "## Text reliance (does the model read the report?)", "",
+                  "Per-image Dice with each test image's text replaced by another test image's (a fixed seeded "
+                  "derangement), and with left/right swapped in every text, beside the true-text Dice; drop = true "
+                  "minus perturbed. Image-only runs read no text and are left out.", "",
+                  "| method | labelled | " + " | ".join(lab for _, lab in RELIANCE) + " |",
+                  "|" + "---|" * (len(RELIANCE) + 2)]
+        for v, f, t in reliance:
+            lines.append(f"| {v} | {float(f):.0%} | " + " | ".join(_cell(t[k], 3) for k, _ in RELIANCE) + " |")
     lines += ["", "## Paired deltas (method − reference, same labelled set, seed by seed)", "",
               "Wins: seeds where the method is better. CI: bootstrap 95 % over test images "
               f"({res['bootstrap']['replicates']} replicates, seed {res['bootstrap']['seed']}).", "",
@@ -324,37 +344,53 @@ def markdown(res: dict) -> str:
 
 
 def _plot(res: dict, out: Path) -> None:
+    """Dice vs labelled fraction, one line per method: 20 colours and 4 line styles so that no two of up to 80
+    methods look alike, each method's points dodged a little sideways, ticks at the study's own fractions, and the
+    legend beside the panels, not over them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    methods = list(res["table"])
+    fracs = [f * 100 for f in res["fractions"]]
+    colours, styles = plt.get_cmap("tab20").colors, ["-", "--", ":", "-."]
+    width = 11 + (3 if len(methods) > 10 else 0)
+    fig, axes = plt.subplots(1, 2, figsize=(width, 4.5), sharey=True)
     for ax, key, title in ((axes[0], "dice", "per-image Dice"), (axes[1], "dice_global", "global Dice")):
-        for v, by_f in res["table"].items():
+        for i, v in enumerate(methods):
+            by_f = res["table"][v]
             fs = sorted(by_f, key=float)
             ys = [by_f[f][key]["mean"] for f in fs]
             es = [by_f[f][key]["std"] or 0.0 for f in fs]
-            ax.errorbar([float(f) * 100 for f in fs], ys, yerr=es, marker="o", capsize=3, label=v)
-        ax.set_xscale("log")
+            head = v == res["headline"]
+            dodge = math.exp(0.012 * (i - (len(methods) - 1) / 2))  # side by side, so error bars do not overlap
+            ax.errorbar([float(f) * 100 * dodge for f in fs], ys, yerr=es, marker="o", ms=4 if not head else 7, capsize=3,
+                        color=colours[i % 20], ls=styles[(i // 20) % 4], lw=2.5 if head else 1.2,
+                        label=v + (" (headline)" if head else ""))
+        if len(fracs) > 1 and max(fracs) / min(fracs) >= 4:
+            ax.set_xscale("log")
+        ax.set_xticks(fracs, [f"{f:g}" for f in fracs])
+        ax.minorticks_off()
         ax.set_xlabel("labelled fraction (%)")
-        ax.set_title(f"{res['study']}: {title} (mean ± std over {len(res['seeds'])} seed(s))")
+        ax.set_title(f"{res['study']}: {title}\n(mean ± std over {len(res['seeds'])} seed(s))", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.80, 0.5), fontsize=7,
+               ncol=1 if len(methods) <= 24 else 2, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.80, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
 def _csv(res: dict, out: Path) -> None:
     """Long table, one row per (method, fraction): the `dvc plots` source and a spreadsheet's."""
-    cols = ["method", "fraction_pct"] + [f"{k}_{s}" for k, _ in METRICS for s in ("mean", "std")]
+    cols = ["method", "fraction_pct"] + [f"{k}_{s}" for k, _ in METRICS + RELIANCE for s in ("mean", "std")]
     rows = [",".join(cols)]
     for v, by_f in res["table"].items():
         for f, t in sorted(by_f.items(), key=lambda x: float(x[0])):
             vals = [v, f"{float(f) * 100:g}"] + ["" if t[k][s] is None else f"{t[k][s]:.6g}"
-                                                  for k, _ in METRICS for s in ("mean", "std")]
+                                                  for k, _ in METRICS + RELIANCE for s in ("mean", "std")]
             rows.append(",".join(vals))
     out.write_text("\n".join(rows) + "\n")
 
