@@ -39,6 +39,7 @@ SHARED_CODE = [
     "pipeline_src/evaluate/params.py",
     "pipeline_src/models/params.py",
     "pipeline_src/models/__init__.py",
+    "pipeline_src/__init__.py",  # sets oneMKL's reproducibility mode before torch loads
     "pipeline_src/errors.py",
     "pipeline_src/paths.py",
     "pipeline_src/utils",
