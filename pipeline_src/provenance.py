@@ -39,6 +39,41 @@ def git_state(cwd: str | Path = ".") -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
+def cpu_model() -> str:
+    """The CPU kind a CPU result was computed on: vendor, family/model, name and widest vector ISA, e.g.
+    ``AuthenticAMD family 25 model 17 (AMD EPYC), x86_64, avx512``. Not a host name: two machines of one kind
+    give one string. oneMKL and oneDNN pick kernels by CPU kind, so float results are bit-identical only on the
+    same kind (train, eval and pretrain_text record it; ``medref verify`` names both when a re-run differs)."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            k = k.strip()
+            if k and k not in info:
+                info[k] = v.strip()
+            if not line.strip() and info:
+                break  # the first processor is enough
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    isa = next((f for f, need in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx")) if need in flags), None)
+    if "vendor_id" in info:
+        head = f"{info['vendor_id']} family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+        head += f" ({info['model name']})" if info.get("model name") else ""
+    else:
+        head = platform.processor() or "unknown CPU"
+    return ", ".join(x for x in (head, platform.machine(), isa) if x)
+
+
+def cpu_hint(recorded: str | None) -> str:
+    """Said beside a CPU result that re-ran to other bytes: where it was recorded, where it ran now."""
+    here = cpu_model()
+    if not recorded or recorded == here:
+        return ""
+    return (f" (recorded on {recorded}; this machine is {here}: on CPU the bits are the same only on the same "
+            "CPU kind, so compare the numbers, or re-check on that kind of CPU)")
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in VERSIONED:

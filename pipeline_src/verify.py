@@ -27,6 +27,7 @@ import yaml
 
 from pipeline_src import paths
 from pipeline_src.errors import MedrefError
+from pipeline_src.provenance import cpu_hint
 
 GPU_METRIC_TOLERANCE = 1e-3  # absolute, on metrics in [0, 1]; declared here and in the README
 
@@ -194,7 +195,8 @@ def verify(regime: str, repo: Path = Path("."), keep: bool = False, log=print) -
                         continue
                     rel = _first_diff(repo / path, clone / path) if kind == "outs" else None
                     where = f"{path}/{rel}" if rel else path
-                    log(f"FAIL: {stage}: {kind[:-1]} {where} differs from the recorded hash in dvc.lock")
+                    hint = cpu_hint(prov.get("cpu")) if kind == "outs" else ""
+                    log(f"FAIL: {stage}: {kind[:-1]} {where} differs from the recorded hash in dvc.lock{hint}")
                     return False
         log(f"PASS: {regime}: {len(stages)} stages re-run, every output hash matches dvc.lock")
         return True

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from pipeline_src import provenance
 from pipeline_src.inference.predictor import load_predictor
 from pipeline_src.params import Params, load_raw
 from pipeline_src.train import methods
@@ -66,6 +67,8 @@ def test_each_method_trains_and_predicts(method, tiny, tmp_path, repo_root, monk
     assert (out / "live" / "metrics.json").exists()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"] == method and cfg["steps"] == 3
+    # CPU weights are bit-identical only on one CPU kind: the model records which
+    assert json.loads((out / "provenance.json").read_text())["cpu"] == provenance.cpu_model()
     assert (tmp_path / "run" / "last.pt").exists()
     pred = load_predictor(out)
     assert pred.method == method

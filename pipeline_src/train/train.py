@@ -463,7 +463,8 @@ def export(s: RunState, params, out_dir: Path) -> Path:
         write_json(tmp / "config.json", config)
         # model_sha256: loading the model checks it, so a modified/truncated model.pt is caught before use
         digest = sha256_file(tmp / "model.pt")
-        prov = _provenance(params, s.regime, p["shards_dir"], p["labels_file"], p["split_file"], s.step)
+        prov = _provenance(params, s.regime, p["shards_dir"], p["labels_file"], p["split_file"], s.step,
+                           s.device.type)
         write_json(tmp / "provenance.json", {"model_sha256": digest, **prov, "weights": weights_record(cfg.model)})
         split = json.loads(Path(p["split_file"]).read_text())
         (tmp / model_card.CARD).write_text(model_card.render(s.regime, config, prov, digest, manifest, split))
@@ -492,13 +493,15 @@ def _disk_full(path: Path, regime: str):
     return disk_full_is_error(message)
 
 
-def _provenance(params, regime, shards_dir, labels_file, split_file, steps: int) -> dict:
+def _provenance(params, regime, shards_dir, labels_file, split_file, steps: int, device: str) -> dict:
     from pipeline_src import provenance
 
     raw = params.model_dump(mode="json")
     block = provenance.block(raw, ["base", "train", f"regimes.{regime}"],
                              {"shards": shards_dir, "labels": labels_file, "split": split_file})
     block["steps"] = steps
+    if device == "cpu":  # CPU weights are bit-identical only on the same CPU kind
+        block["cpu"] = provenance.cpu_model()
     return block
 
 
