@@ -129,3 +129,18 @@ def test_dispersive_hook_adds_a_logged_loss(tiny, tmp_path, repo_root, monkeypat
     monkeypatch.setenv("MEDREF_PROGRESS", "0")
     out = _train(_params(repo_root, "supervised", max_steps=2, dispersive={"weight": 0.2, "stage": -2}), tiny, tmp_path)
     assert (out / "live" / "plots" / "metrics" / "train_loss_disp.tsv").exists()
+
+
+def test_live_replay_leaves_dvclive_step_signal_alone(tmp_path, monkeypatch):
+    """Two trainings finishing together in one repo raced on DVCLive's shared VS Code step-signal file (one
+    crashed with FileNotFoundError). The export's replay neither writes nor removes it."""
+    from pipeline_src.train.train import _write_live
+
+    run_dir = tmp_path / ".dvc" / "tmp" / "exps" / "run"
+    run_dir.mkdir(parents=True)
+    signal = run_dir / "DVCLIVE_STEP_COMPLETED"
+    signal.write_text('{"pid": 1, "step": 0}')  # another training's signal
+    monkeypatch.chdir(tmp_path)
+    _write_live(tmp_path / "live", [{"epoch": 1, "step": 2, "loss": 0.5}], {"method": "supervised"})
+    assert signal.read_text() == '{"pid": 1, "step": 0}'
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text())["loss"] == 0.5

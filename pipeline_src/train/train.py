@@ -510,9 +510,18 @@ def _write_live(live_dir: Path, history: list[dict], config: dict) -> None:
 
     Replayed from the history at the end (the history lives in the checkpoint), so a resumed run's curves are
     complete and a crashed run never leaves a half-written live/ in models/<regime>/."""
+    from unittest import mock
+
+    import dvclive.live
     from dvclive import Live
 
-    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    # DVCLive signals each step to VS Code through one shared file, .dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED,
+    # and removes it with exists-then-remove. Two trainings finishing together in one repo (Snakemake --cores 2)
+    # race on it: one of them crashed with FileNotFoundError in the fresh-clone CI run. This is a replay at
+    # export, not a live run, so no step signal is wanted: both hooks are off here.
+    with mock.patch.object(dvclive.live, "mark_dvclive_step_completed", lambda step: None), \
+            mock.patch.object(dvclive.live, "cleanup_dvclive_step_completed", lambda: None), \
+            Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         live.log_params({k: v for k, v in config.items() if not isinstance(v, dict)})
         for row in history:
             for k, v in row.items():
