@@ -41,7 +41,11 @@ def test_dvc_queue_runs_trainings_as_concurrent_slurm_jobs(tmp_path, slurm_clust
     since = dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
     for lr in ("0.001", "0.002"):
         run([tool("dvc"), "exp", "run", "--queue", "-S", f"train.lr={lr}", "eval@qata_10pct"], repo, env=e)
-    run([tool("dvc"), "queue", "start", "-j", "2"], repo, env=e)
+    # not through a pipe: `dvc queue start` leaves its workers holding its stdout, and a worker that stays up
+    # after the queue drains kept a captured pipe open forever (a local CI run hung here)
+    with open(tmp_path / "queue-start.log", "w") as log:
+        subprocess.run([tool("dvc"), "queue", "start", "-j", "2"], cwd=repo, env=e, stdout=log,
+                       stderr=subprocess.STDOUT, check=True, timeout=120)
     deadline = time.time() + 900
     while time.time() < deadline:
         status = run([tool("dvc"), "queue", "status"], repo, env=e).stdout
