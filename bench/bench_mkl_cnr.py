@@ -20,18 +20,18 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHILD = ("import sys, runpy, torch\n"
-         "if sys.argv[1] == 'off':\n"
-         "    torch.ones(8, 8) @ torch.ones(8, 8)  # oneMKL reads MKL_CBWR once, at its first call\n"
-         "sys.argv = ['bench_train.py'] + sys.argv[2:]\n"
-         "runpy.run_path('bench/bench_train.py', run_name='__main__')\n")
+# argv[1] is the mode; "off" makes oneMKL's first call before pipeline_src sets MKL_CBWR (read once, then)
+PREAMBLE = ("import sys, runpy, torch\n"
+            "if sys.argv[1] == 'off':\n"
+            "    torch.ones(8, 8) @ torch.ones(8, 8)\n")
+CHILD = PREAMBLE + "sys.argv = ['bench_train.py'] + sys.argv[2:]\nrunpy.run_path('bench/bench_train.py', run_name='__main__')\n"
+PROBE = PREAMBLE + "import pipeline_src\ntorch.randn(64, 64) @ torch.randn(64, 64)\n"
 
 
 def cnr_mode(mode: str) -> str:
     """The CNR mode oneMKL reports for a GEMM in a child set up like the benchmark's."""
-    code = CHILD.split("sys.argv = ")[0] + "import pipeline_src\ntorch.randn(64, 64) @ torch.randn(64, 64)\n"
     env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | {"MKL_VERBOSE": "1"}
-    out = subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], cwd=REPO, env=env, capture_output=True, text=True,
                          check=True).stdout
     return sorted({w for line in out.splitlines() if "GEMM" in line for w in line.split() if w.startswith("CNR:")})[-1]
 
