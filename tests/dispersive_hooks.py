@@ -22,7 +22,7 @@ class DispersiveLoss(nn.Module):
         variant: Variant = "infonce_l2",
         tau: float = 0.5,
         eps: float = 1.0,
-        include_diagonal: bool = True,
+        include_diagonal: bool = False,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:

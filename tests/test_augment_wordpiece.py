@@ -1,5 +1,5 @@
 """The text-aware augmentations work with a WordPiece (CXR-BERT) tokenizer: the flip swaps the side tokens, PosAug
-removes the position tokens, and T-PatchMix's joined text keeps both reports' positions within 24 tokens.
+removes the position tokens.
 
     .venv/bin/python -m pytest -q tests/test_augment_wordpiece.py
 """
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline_src.labels.text_parser import parse
-from pipeline_src.models.text import JoinedText, build_tokenizer
+from pipeline_src.models.text import build_tokenizer
 from pipeline_src.train import augment
 from tests.hf_fixtures import require_cxr_bert_fixture
 
@@ -55,27 +55,3 @@ def test_posaug_removes_the_position_tokens(wordpiece):
     for t in out["texts"]:
         words = _words(tok([t])[0], ref)
         assert "unknown" in words and not {"left", "right", "upper", "middle", "lower"} & set(words)
-
-
-def test_tpatchmix_joined_text_keeps_both_positions_within_24_tokens(wordpiece):
-    tok, ref = wordpiece
-    batch = _batch([A, B])
-    for seed in range(20):  # a seed whose permutation pairs the two samples
-        gen = torch.Generator().manual_seed(seed)
-        probs = torch.full((2, 1, 48, 48), 0.9)
-        mixed, *_ = augment.tpatchmix(batch, probs, torch.ones(2, 1, 48, 48), gen, block=16, p=1.0)
-        if any(isinstance(t, JoinedText) for t in mixed["texts"]):
-            break
-    joined = next(t for t in mixed["texts"] if isinstance(t, JoinedText))
-    assert str(joined) == f"{joined.parts[0]} and {joined.parts[1]}"  # the text itself is the paper's join
-    pos = ("left", "right", "upper", "middle", "lower")
-    words = _words(tok([joined])[0], ref)
-    plain = _words(tok([str(joined)])[0], ref)  # what truncating the plain string at 24 tokens would give
-    assert len(ref(str(joined))["input_ids"]) > 24  # the join does not fit CXR-BERT's 24 tokens
-    expect = [w for part in joined.parts for w in _words(tok([part])[0], ref) if w in pos]
-    assert [w for w in words if w in pos] == expect  # both reports' positions, in order
-    assert len(ref(fit := " ".join(words))["input_ids"]) <= 24, fit  # nothing of it was truncated
-    assert [w for w in plain if w in pos] != expect  # plain truncation cuts the second report's positions
-    # a text that fits is tokenized unchanged
-    short = JoinedText("left lung", "right lung")
-    assert tok([short]).tolist() == tok(["left lung and right lung"]).tolist()

@@ -65,23 +65,42 @@ def test_hinge_hand_values() -> None:
     assert float(dispersive_loss(Z3, "hinge", eps=3.0, include_diagonal=False)) == pytest.approx((6.25 + 1 + 0.25) / 3)
 
 
-def test_covariance_hand_value() -> None:
-    # unit vectors (1,0), (0,1), (s,s) with s = 1/sqrt2 (the third input is scaled: normalisation removes it).
+def test_covariance_hand_value_is_the_official_sum_on_raw_features() -> None:
+    # official (dispersive_loss_implementation.py): raw features, unbiased covariance, SUM of squared off-diagonals
     z = torch.tensor([[3.0, 0.0], [0.0, 0.5], [1.0, 1.0]], dtype=torch.float64)
-    s = 1 / math.sqrt(2)
-    u = np.array([[1, 0], [0, 1], [s, s]])
+    u = z.numpy()
     m = u.mean(axis=0)
     c01 = ((u[:, 0] - m[0]) * (u[:, 1] - m[1])).sum() / 2  # unbiased (B - 1)
     # d = 2: two off-diagonal entries, both c01.
-    assert float(dispersive_loss(z, "covariance")) == pytest.approx(c01**2)
+    assert float(dispersive_loss(z, "covariance")) == pytest.approx(2 * c01**2)
 
 
 def test_covariance_gram_trick_matches_explicit_matrix() -> None:
     z = _seeded(5, 7, seed=3)
-    u = z / z.norm(dim=1, keepdim=True)
-    c = np.cov(u.numpy().T)  # explicit d x d, unbiased
+    c = np.cov(z.numpy().T)  # explicit d x d, unbiased, raw features
     off = ~np.eye(7, dtype=bool)
-    assert float(dispersive_loss(z, "covariance")) == pytest.approx(float((c[off] ** 2).mean()), rel=1e-9)
+    assert float(dispersive_loss(z, "covariance")) == pytest.approx(float((c[off] ** 2).sum()), rel=1e-9)
+
+
+def test_covariance_is_not_a_no_op_on_a_feature_map_sized_input() -> None:
+    # The earlier form (mean over d(d-1) of unit-vector covariances) was ~1e-10 with a ~1e-12 gradient on a
+    # stride-16 map, i.e. nothing at weight 0.25. The official sum on raw features is of order one and moves z.
+    z = torch.relu(0.5 * _seeded(8, 256 * 4 * 4, seed=4)).requires_grad_(True)
+    loss = dispersive_loss(z, "covariance")
+    (g,) = torch.autograd.grad(loss, z)
+    assert float(loss) > 1.0 and float(g.abs().max()) > 1e-3
+
+
+def test_official_l2_distance_saturates_where_disploss_does_not() -> None:
+    # D = ||z_i - z_j|| on a large raw map: exp(-D / tau) underflows, log(0 + 1e-8) has no gradient (measured on
+    # real features in docs/FIDELITY.md); the DispLoss scaling ||.||^2 / d keeps a gradient.
+    z = torch.relu(0.5 * _seeded(8, 256 * 8 * 8, seed=5)).float().requires_grad_(True)  # float32, as in training
+    off = dispersive_loss(z, "infonce_l2", distance="official")
+    (g_off,) = torch.autograd.grad(off, z)
+    assert float(off) == pytest.approx(math.log(1e-8)) and float(g_off.abs().max()) == 0.0
+    dl = dispersive_loss(z, "infonce_l2", distance="disploss")
+    (g_dl,) = torch.autograd.grad(dl, z)
+    assert float(g_dl.abs().max()) > 0.0
 
 
 # ---- invariances, gradients, edge cases -------------------------------------------------------------------------
@@ -178,7 +197,7 @@ def test_module_matches_function_and_minimising_spreads_features() -> None:
     loss_fn = DispersiveLoss("infonce_l2", tau=0.5)
     assert list(loss_fn.parameters()) == [] and loss_fn.state_dict() == {}
     z = (0.01 * _seeded(8, 16, seed=10)).requires_grad_(True)  # nearly collapsed start
-    assert float(loss_fn(z)) == float(dispersive_loss(z, "infonce_l2", tau=0.5))
+    assert float(loss_fn(z)) == float(dispersive_loss(z, "infonce_l2", tau=0.5, include_diagonal=loss_fn.include_diagonal))
     before = feature_dispersion(z.detach())
     opt = torch.optim.SGD([z], lr=1.0)
     for _ in range(20):

@@ -7,17 +7,19 @@ apart; there are no positive pairs, so it can be added to any segmentation loss:
 
 Variants (``variant=``):
 
-- ``infonce_l2``   D = ||z_i - z_j||^2 / d  (d = flattened feature size). Dividing by d is what the official
-                   DispLoss PyTorch code does; it makes tau independent of the chosen stage's size.
-- ``infonce_cos``  D = 1 - cos(z_i, z_j).
+- ``infonce_l2``   ``distance="disploss"`` (default): D = ||z_i - z_j||^2 / d (d = flattened feature size), as
+                   Wang & He's DispLoss code; it makes tau independent of the chosen stage's size.
+                   ``distance="official"``: D = ||z_i - z_j|| and L = log(mean exp(-D / tau) + 1e-8), as the
+                   Med-DisSeg code (``DispersiveLoss.compute_dispersive_loss``). On real stride-16 features that
+                   form saturates (docs/FIDELITY.md gives the measurement), hence the default.
+- ``infonce_cos``  D = 1 - cos(z_i, z_j) (both codes).
 - ``hinge``        mean over pairs of max(0, eps - D)^2 with the same D as ``infonce_l2``.
-- ``covariance``   u_i = z_i / ||z_i||; C = cov over the batch of u (unbiased, B - 1); the mean of the squared
-                   off-diagonal entries of C. Note: (a) C is d x d, so it is computed through the B x B Gram
-                   matrix (||C||_F = ||U_c U_c^T||_F) and never materialised; (b) its magnitude is
-                   O(1 / (d^2 B)) because the entries of unit vectors scale as 1/sqrt(d), so a weight tuned for
-                   the InfoNCE variants does not transfer; (c) it is minimised by collapse (identical z give
-                   C = 0): it decorrelates dimensions, it does not by itself spread samples (VICReg pairs it with
-                   a variance term for that reason).
+- ``covariance``   the official form: C = cov over the batch of the raw flattened features (unbiased, B - 1);
+                   the SUM of the squared off-diagonal entries of C. C is d x d, so it is computed through the
+                   B x B Gram matrix (||C||_F = ||Z_c Z_c^T||_F / (B - 1)) and never materialised. It is
+                   minimised by collapse (identical z give C = 0): it decorrelates dimensions, it does not by
+                   itself spread samples (VICReg pairs it with a variance term for that reason). (medref's earlier
+                   form, the mean over d(d - 1) on unit vectors, was ~1e-10 with a ~1e-12 gradient: a no-op.)
 
 The i = j convention (``include_diagonal``)
 -------------------------------------------
@@ -28,12 +30,11 @@ The issue writes E over i != j. The two public codes disagree:
 - The released Med-DisSeg code (xiaoquan-1/Med-DisSeg, network/dispersive_loss_implementation.py) EXCLUDES it
   (and, unlike DispLoss, uses the un-squared L2 distance without the 1/d scaling, on the raw layer3 map).
 
-Default here: ``include_diagonal=True``. Why: with the diagonal, InfoNCE is bounded below by -log B and the
-softmax weight on the pair terms decays to 0 once samples are far apart (the B constant diagonal terms dominate),
-so the regulariser switches itself off instead of rewarding an ever-growing feature norm. Without the diagonal
-the pair weights always sum to 1, the gradient never vanishes and L2 variants can be lowered forever by scaling
-features up. The diagonal only rescales / shifts the hinge loss and is irrelevant for the covariance loss (which
-has no pairs). ``include_diagonal=False`` reproduces the Med-DisSeg code's pair set.
+Default here: ``include_diagonal=False``, the paper's Eq. 2 and the Med-DisSeg code. ``include_diagonal=True``
+(DispLoss's convention) bounds InfoNCE below by -log B, and the softmax weight on the pair terms then decays to 0
+once samples are far apart, so the regulariser switches itself off; without the diagonal the pair weights always
+sum to 1 and L2 variants can be lowered by scaling features up. The diagonal only rescales / shifts the hinge loss
+and is irrelevant for the covariance loss (which has no pairs).
 
 Where z comes from: the official Med-DisSeg model applies the loss to the flattened output of ResNet-50 layer3
 (stride 16; timm features_only index 3 for ResNets), before its attention modules. Training takes z from the
@@ -89,25 +90,29 @@ def _pair_values(m: Tensor, include_diagonal: bool) -> Tensor:
     return m[off]
 
 
-def _distance(z: Tensor, variant: str) -> Tensor:
+def _distance(z: Tensor, variant: str, distance: str = "disploss") -> Tensor:
     if variant == "infonce_cos":
         u = F.normalize(z, dim=1, eps=1e-8)
         d = 1.0 - u @ u.T
         # the diagonal is 0 by definition; set it exactly so rounding cannot leak into the diagonal convention.
         return d * (1.0 - torch.eye(z.shape[0], device=z.device, dtype=z.dtype))
+    if distance == "official":
+        # sqrt of the squared distances; the tiny floor keeps the gradient of the (masked) diagonal finite
+        return pairwise_sq_l2(z).clamp_min(1e-30).sqrt() * (1.0 - torch.eye(z.shape[0], device=z.device,
+                                                                              dtype=z.dtype))
     return pairwise_sq_l2(z) / z.shape[1]
 
 
-def _covariance_offdiag_mean(z: Tensor) -> Tensor:
+def _covariance_offdiag_sum(z: Tensor) -> Tensor:
+    """sum_{k != l} C_kl^2 with C the unbiased covariance of the raw rows of z (official form)."""
     b, d = z.shape
-    u = F.normalize(z, dim=1, eps=1e-8)
-    uc = u - u.mean(dim=0, keepdim=True)
-    gram = (uc @ uc.T) / (b - 1)  # shares its nonzero spectrum with C = uc^T uc / (B-1)
+    zc = z - z.mean(dim=0, keepdim=True)
+    gram = (zc @ zc.T) / (b - 1)  # shares its nonzero spectrum with C = zc^T zc / (B-1)
     total = gram.pow(2).sum()  # = ||C||_F^2, without building the d x d matrix
-    diag = (uc.pow(2).sum(dim=0) / (b - 1)).pow(2).sum()  # sum_k C_kk^2
+    diag = (zc.pow(2).sum(dim=0) / (b - 1)).pow(2).sum()  # sum_k C_kk^2
     if d < 2:
         return total * 0.0
-    return (total - diag).clamp_min(0.0) / (d * (d - 1))
+    return (total - diag).clamp_min(0.0)
 
 
 def dispersive_loss(
@@ -115,11 +120,13 @@ def dispersive_loss(
     variant: Variant = "infonce_l2",
     tau: float = 0.5,
     eps: float = 1.0,
-    include_diagonal: bool = True,
+    include_diagonal: bool = False,
+    distance: str = "disploss",
 ) -> Tensor:
     """Dispersive loss of a batch of representations ``z`` [B, ...] (flattened per sample); a scalar tensor.
 
-    ``tau``: temperature of the InfoNCE variants (paper default 0.5). ``eps``: hinge margin on D.
+    ``tau``: temperature of the InfoNCE variants (paper default 0.5). ``eps``: hinge margin on D. ``distance``:
+    ``disploss`` (||.||^2 / d) or ``official`` (||.||, with the Med-DisSeg code's log(mean + 1e-8)).
     With B < 2 there are no pairs: returns 0 still attached to the graph (so ``backward`` works on tiny batches).
     """
     if variant not in VARIANTS:
@@ -130,11 +137,15 @@ def dispersive_loss(
     b = zf.shape[0]
     if b < 2:
         return zf.sum() * 0.0
+    if distance not in ("disploss", "official"):
+        raise MedrefError(f"dispersive loss: distance must be disploss or official, got {distance!r}")
     if variant == "covariance":
-        return _covariance_offdiag_mean(zf)
-    pairs = _pair_values(_distance(zf, variant), include_diagonal)
+        return _covariance_offdiag_sum(zf)
+    pairs = _pair_values(_distance(zf, variant, distance), include_diagonal)
     if variant == "hinge":
         return (eps - pairs).clamp_min(0.0).pow(2).mean()
+    if distance == "official" and variant == "infonce_l2":
+        return torch.log(torch.exp(-pairs / tau).mean() + 1e-8)
     # log mean exp via logsumexp: exp(-D/tau) underflows to 0 for well-separated features, log(0) would be -inf.
     return torch.logsumexp(-pairs / tau, dim=0) - math.log(pairs.numel())
 

@@ -1,7 +1,10 @@
-"""Losses: Dice + BCE on logits (optionally pixel-weighted), multi-class Dice + CE, ITCL, the dispersive-loss hook.
+"""Losses: soft Dice (optionally + BCE) on logits, optionally pixel-weighted; multi-class Dice + CE; ITCL; the
+dispersive-loss hook.
 
-BCE uses a real sigmoid (``binary_cross_entropy_with_logits``): some anchors' DiceCE computes a
-softmax cross-entropy over one channel, which is identically 0.
+The official Semi-MedRef code trains with MONAI 1.0.1's ``DiceCELoss(sigmoid=False)`` on its one-channel
+probability map. With one channel that version's cross-entropy term is a softmax over a single channel, identically
+0, so the official loss is soft Dice alone (``dice`` here: MONAI ``DiceLoss`` with smooth 1e-5, per image; a test
+checks the two agree). ``dice_bce`` adds a real-sigmoid BCE (MONAI >= 1.2's DiceCELoss does that for one channel).
 """
 
 from __future__ import annotations
@@ -31,6 +34,29 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     return bce + dice
 
 
+def dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+         smooth: float = 1e-5) -> torch.Tensor:
+    """Soft Dice of sigmoid(logits) [B,1,H,W] vs target in [0,1], per image then mean (MONAI ``DiceLoss(sigmoid=
+    True)``: smooth_nr = smooth_dr = 1e-5). ``weight`` ({0,1}, same shape) drops ignored pixels; images with no
+    kept pixel do not vote."""
+    p = torch.sigmoid(logits)
+    if weight is None:
+        inter = (p * target).flatten(1).sum(1)
+        denom = p.flatten(1).sum(1) + target.flatten(1).sum(1)
+        return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
+    p, t = p * weight, target * weight
+    inter = (p * t).flatten(1).sum(1)
+    denom = p.flatten(1).sum(1) + t.flatten(1).sum(1)
+    d = 1 - (2 * inter + smooth) / (denom + smooth)
+    has = (weight.flatten(1).sum(1) > 0).float()
+    return (d * has).sum() / has.sum().clamp_min(1.0)
+
+
+def binary(name: str, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``train.loss``: ``dice`` (official) or ``dice_bce``."""
+    return dice(logits, target, weight) if name == "dice" else dice_bce(logits, target, weight)
+
+
 def dice_ce(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Multi-class: softmax cross-entropy + soft Dice over the foreground classes (nnU-Net's DC_and_CE, batch
     Dice, background excluded). ``logits`` [B,C,H,W]; ``target`` class indices [B,H,W] or [B,1,H,W] (any dtype).
@@ -46,6 +72,14 @@ def dice_ce(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> 
     denom = p.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     dice = 1 - (2 * inter + smooth) / (denom + smooth)
     return ce + dice[1:].mean()
+
+
+def pseudo_label(probs: torch.Tensor, rule: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Teacher probabilities -> (target, pixel weight or None). ``hard`` (official ``_threshold_target``): target
+    1[p >= threshold] on every pixel; ``masked``: target 1[p > 0.5] where max(p, 1-p) >= threshold, else ignored."""
+    if rule == "hard":
+        return (probs >= threshold).float(), None
+    return (probs > 0.5).float(), confidence_mask(probs, threshold)
 
 
 def confidence_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -95,4 +129,5 @@ def dispersive(z: torch.Tensor, cfg) -> torch.Tensor:
     from pipeline_src.models import resolve
 
     fn = resolve("pipeline_src.models.dispersive:dispersive_loss")
-    return fn(z, variant=cfg.variant, tau=cfg.tau, eps=cfg.eps, include_diagonal=cfg.include_diagonal)
+    return fn(z, variant=cfg.variant, tau=cfg.tau, eps=cfg.eps, include_diagonal=cfg.include_diagonal,
+              distance=cfg.distance)

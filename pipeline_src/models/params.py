@@ -41,8 +41,12 @@ class ModelParams(Strict):
     text_train: Literal["full", "frozen", "last_k"] = "full"  # which tower weights train (the head always does)
     text_train_k: int = Field(1, ge=1)  # last_k: how many final layers train
     embed_dim: int = Field(128, ge=8)  # shared image/text embedding size (ITCL, alignment score)
-    decoder_dim: int = Field(64, ge=8)
-    decoder_heads: int = Field(4, ge=1)
+    # text-guided decoder (pipeline_src/models/fusion.py): official = the Semi-MedRef GuideDecoder (positional self-
+    # and cross-attention at strides 32/16/8, MONAI up-blocks, encoder channels); medref = the earlier decoder
+    # (cross-attention + MLP at all four scales, no positions, decoder_dim channels)
+    decoder: Literal["official", "medref"] = "official"
+    decoder_dim: int = Field(64, ge=8)  # medref decoder (and the meddisseg arch) only
+    decoder_heads: int = Field(4, ge=1)  # medref decoder only
     # Med-DisSeg architecture switches (arch: meddisseg only): structure-sensitive attention encoder side
     # outputs, adaptive multi-scale calibration decoder
     ssa: bool = True

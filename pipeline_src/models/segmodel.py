@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline_src.models.encoders import ImageEncoder, normalise, resolve_image_norm
-from pipeline_src.models.fusion import GuideDecoder
+from pipeline_src.models.fusion import GuideDecoder, OfficialGuideDecoder
 from pipeline_src.models.text import TextEncoder
 
 
@@ -35,8 +35,12 @@ class SegModel(nn.Module):
         if uses_text:
             self.text = TextEncoder(cfg)
             text_dim = self.text.width
-        self.decoder = GuideDecoder(self.image.channels, cfg.decoder_dim, text_dim, cfg.decoder_heads,
-                                    getattr(cfg, "n_classes", 1))
+        n_classes = getattr(cfg, "n_classes", 1)
+        if cfg.decoder == "official":
+            self.decoder = OfficialGuideDecoder(self.image.channels, self.image.strides, text_dim, cfg.context_length,
+                                                n_classes)
+        else:
+            self.decoder = GuideDecoder(self.image.channels, cfg.decoder_dim, text_dim, cfg.decoder_heads, n_classes)
         self.img_proj = nn.Linear(self.image.channels[-1], cfg.embed_dim)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None) -> dict:

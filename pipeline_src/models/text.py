@@ -43,59 +43,14 @@ def _simple_tokenizer(context_length: int) -> open_clip.tokenizer.SimpleTokenize
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
 
-class JoinedText(str):
-    """T-PatchMix's joined report "{a} and {b}" that remembers its two parts, so that a tokenizer whose
-    ``context_length`` cannot hold both can keep both parts' position phrases (see ``fit_joined``)."""
-
-    parts: tuple[str, str]
-
-    def __new__(cls, a: str, b: str) -> JoinedText:
-        self = super().__new__(cls, f"{a} and {b}")
-        self.parts = (str(a), str(b))
-        return self
-
-
-def _position_tail(text: str) -> str:
-    """The text from its first position word on ("..., one infected area, lower left lung." -> "lower left lung.");
-    QaTa-style reports name the position last, after boilerplate."""
-    from pipeline_src.labels.text_parser import parse
-
-    spans = parse(text).spans
-    return text[min(s for s, _ in spans):] if spans else text
-
-
-def fit_joined(text: str, n_tokens, context_length: int) -> str:
-    """A joined text that would be truncated (its second part's position words cut off: 67 % of the synthetic
-    QaTa pairs under CLIP's 32 tokens, all under CXR-BERT's 24) is shortened to the two position phrases
-    ("upper left lung and lower right lung."); any other text is returned unchanged."""
-    if not isinstance(text, JoinedText) or n_tokens(text) <= context_length:
-        return text
-    return f"{_position_tail(text.parts[0])} and {_position_tail(text.parts[1])}"
-
-
-class _FitJoined:
-    """A tokenizer that first applies ``fit_joined`` to each text (every tokenizer medref builds is one)."""
-
-    def __init__(self, tokenize, n_tokens, context_length: int):
-        self.tokenize, self.n_tokens, self.context_length = tokenize, n_tokens, context_length
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        return self.tokenize([fit_joined(t, self.n_tokens, self.context_length) for t in texts])
-
-
 def build_tokenizer(context_length: int, weights: str | None = None):
     """list[str] -> LongTensor[B, context_length] (truncated; CLIP: the EOT token kept last, pad 0; transformers:
-    [CLS] ... [SEP], the tower's pad id). T-PatchMix's joined texts that do not fit are shortened first."""
+    [CLS] ... [SEP], the tower's pad id)."""
     if is_hf(weights):
-        tok = HFTokenizer(weights, context_length)
-        return _FitJoined(tok, lambda t: len(tok.tok(t)["input_ids"]), context_length)
+        return HFTokenizer(weights, context_length)
     if weights and weights.startswith("local-dir:"):
-        tok = open_clip.get_tokenizer(local_dir(weights), context_length=context_length)
-        count = getattr(tok, "encode", None)  # open_clip's BPE tokenizer; an HF-backed one counts its own way
-        n = (lambda t: len(count(t)) + 2) if count else (lambda t: int((tok([t])[0] != 0).sum()) + 1)
-        return _FitJoined(tok, n, context_length)
-    tok = _simple_tokenizer(context_length)
-    return _FitJoined(tok, lambda t: len(tok.encode(t)) + 2, context_length)  # + start and end of text
+        return open_clip.get_tokenizer(local_dir(weights), context_length=context_length)
+    return _simple_tokenizer(context_length)
 
 
 def defines_architecture(weights: str | None) -> bool:

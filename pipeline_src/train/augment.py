@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from pipeline_src.labels.text_parser import flip_regions, flip_text, parse
-from pipeline_src.models.text import JoinedText
 
 
 def _rand(gen: torch.Generator, n: int) -> torch.Tensor:
@@ -54,6 +53,7 @@ def hflip(batch: dict, gen: torch.Generator, p: float, flip_text_too: bool = Tru
 
 _GAP = re.compile(r"[\s-]*")  # position words separated only by blanks form one phrase ("lower  right")
 _LUNG = re.compile(r"\s+lungs?\b", re.IGNORECASE)
+MAX_PHRASES = 8  # coins drawn per text for PosAug (a fixed count keeps the generator's stream independent of texts)
 
 
 def _phrases(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -66,35 +66,51 @@ def _phrases(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(s, e) for s, e in merged]
 
 
-def posaug_text(text: str, spans: list[tuple[int, int]], replacement: str) -> str:
-    """Replace every position phrase (runs of position words) by ``replacement``; other words are kept.
+def posaug_text(text: str, spans: list[tuple[int, int]], replacement: str | list[str | None]) -> str:
+    """Replace position phrases (runs of position words) by ``replacement``; other words are kept.
 
-    A neutral replacement that already says "lung" swallows the phrase's own "lung" ("upper left lung" ->
-    "a region of the lung", not "a region of the lung lung")."""
+    ``replacement``: one string for every phrase, or one entry per phrase (None keeps that phrase). A neutral
+    replacement that already says "lung" swallows the phrase's own "lung" ("upper left lung" -> "a region of the
+    lung", not "a region of the lung lung")."""
+    phrases = _phrases(text, spans)
+    reps = replacement if isinstance(replacement, list) else [replacement] * len(phrases)
     out, last = [], 0
-    for s, e in _phrases(text, spans):
+    for (s, e), rep in zip(phrases, reps, strict=False):
+        if rep is None:
+            continue
         out.append(text[last:s])
-        out.append(replacement)
+        out.append(rep)
         last = e
-        if "lung" in replacement and (m := _LUNG.match(text, e)):
+        if "lung" in rep and (m := _LUNG.match(text, e)):
             last = m.end()
     out.append(text[last:])
     return "".join(out)
 
 
 def posaug(batch: dict, gen: torch.Generator, cfg) -> dict:
-    """PosAug on the student's view: with probability ``cfg.p`` a text loses its position words, replaced by an
-    unknown-position token or a neutral phrase, so the student must also find the lesion from the image."""
+    """PosAug on the student's view: each position phrase, with probability ``cfg.p``, is replaced by an
+    unknown-position token or a neutral phrase (a coin per phrase for ``either``), so the student must also find
+    the lesion from the image. As ``utils/pos_aug.py::pos_token_dropout`` (one draw per phrase, mode ``mix``)."""
     n = len(batch["texts"])
-    do, coin = _rand(gen, n) < cfg.p, _rand(gen, n) < 0.5
+    do, coin = _rand(gen, n * MAX_PHRASES) < cfg.p, _rand(gen, n * MAX_PHRASES) < 0.5
+    do, coin = do.view(n, MAX_PHRASES), coin.view(n, MAX_PHRASES)
     texts = list(batch["texts"])
     for i in range(n):
-        if do[i] and batch["spans"][i]:
-            neutral = cfg.mode == "neutral" or (cfg.mode == "either" and bool(coin[i]))
-            texts[i] = posaug_text(texts[i], batch["spans"][i], cfg.neutral_phrase if neutral else cfg.unknown_token)
+        phrases = _phrases(texts[i], batch["spans"][i]) if batch["spans"][i] else []
+        if not phrases:
+            continue
+        reps: list[str | None] = []
+        for k in range(len(phrases)):
+            if k >= MAX_PHRASES or not bool(do[i, k]):
+                reps.append(None)
+                continue
+            neutral = cfg.mode == "neutral" or (cfg.mode == "either" and bool(coin[i, k]))
+            reps.append(cfg.neutral_phrase if neutral else cfg.unknown_token)
+        if any(r is not None for r in reps):
+            texts[i] = posaug_text(texts[i], batch["spans"][i], reps)
     # The region vector stays: it describes the image (the ITCL targets), not the (masked) wording.
-    return {**batch, "texts": texts, "spans": [[] if t != o else s for t, o, s in zip(texts, batch["texts"],
-                                                                                    batch["spans"], strict=True)]}
+    spans = [s if t == o else parse(t).spans for t, o, s in zip(texts, batch["texts"], batch["spans"], strict=True)]
+    return {**batch, "texts": texts, "spans": spans}
 
 
 # ---- region geometry -------------------------------------------------------------------------------------------
@@ -109,59 +125,91 @@ def region_masks(h: int, w: int) -> torch.Tensor:
     return m
 
 
-def _sides(r: torch.Tensor) -> set[str]:
-    return {s for s, part in (("L", r[:3]), ("R", r[3:])) if bool(part.any())}
-
-
-def compatible(ra: torch.Tensor, ka: bool, rb: torch.Tensor, kb: bool) -> bool:
-    """Can b's lesion be pasted into a with the text "{a} and {b}"? Only when both positions are known, b names
-    something, and b adds no lung side that a's text leaves clean (an opposite-lung contradiction: a says
-    "left lung", b would put lesion in the right). Negative texts (all zeros) never receive patches."""
-    if not (ka and kb) or not bool(rb.any()) or not bool(ra.any()):
-        return False
-    return _sides(rb) <= _sides(ra)
-
-
 # ---- T-PatchMix ------------------------------------------------------------------------------------------------
+# The rules of the official code (wrapper_semi.py::_build_xpatchmix_batch, mode "pos"; utils/pos_aug.py), each
+# tested on a hand-built batch in tests/test_tpatchmix.py:
+#   1. a's position phrase is the first "<levels> <left|right> lung" of a's student report (after PosAug); a text
+#      without one, or a partner whose phrase names the other lung, gets no patch;
+#   2. with probability p per sample, ONE block x block square (clipped to the region) at a uniform place inside
+#      a's own phrase region (its side's half x the span of its levels' thirds);
+#   3. the block is kept only if the teacher's mean lesion probability on the partner inside it is >= the
+#      confidence threshold;
+#   4. target = 1[(1 - M) p_a + M p_b >= 0.5];
+#   5. a kept block rewrites a's phrase to "pa and pb" (pa, pb canonical), keeping the rest of a's report; equal
+#      phrases leave a's report as it was.
 
-def tpatchmix(batch: dict, probs: torch.Tensor, conf: torch.Tensor, gen: torch.Generator, block: int,
-              p: float) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Text-guided cross-sample patch mixing on an unlabelled batch.
+_LEVEL_WORDS = ("upper", "middle", "lower")
+POS_PHRASE = re.compile(r"\b((?:upper|middle|lower)(?:\s+(?:upper|middle|lower)){0,2})\s+(left|right)\s+lung\b",
+                        re.IGNORECASE)
 
-    For each sample a, a partner b = perm[a]; if their regions are ``compatible``, 16x16 blocks (each with
-    probability p) that lie inside b's named regions *and* where the teacher is confident on b are copied from
-    b into a. The teacher's target (``probs``) and confidence weight are mixed with the same pixel mask, the
-    text becomes "{a} and {b}" and the region vector the union.
 
-    Returns (mixed batch, target probs, weight, paste mask [B,1,H,W]).
-    """
+def pos_phrase(text: str) -> str | None:
+    """The first position phrase of ``text``, canonical ("Lower  LEFT lung" -> "lower left lung"), or None."""
+    m = POS_PHRASE.search(text or "")
+    if not m:
+        return None
+    levels = set(m.group(1).lower().split())
+    return " ".join([v for v in _LEVEL_WORDS if v in levels] + [m.group(2).lower(), "lung"])
+
+
+def phrase_region(phrase: str, h: int, w: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of a canonical phrase: its side's half (left = image-left) x the rows from its highest to
+    its lowest named third (``pos_phrase_to_region`` with margin 0)."""
+    toks = phrase.split()
+    x0, x1 = (0, w // 2) if "left" in toks else (w // 2, w)
+    rows = {"upper": (0, h // 3), "middle": (h // 3, (2 * h) // 3), "lower": ((2 * h) // 3, h)}
+    segs = [rows[v] for v in _LEVEL_WORDS if v in toks]
+    return min(s[0] for s in segs), max(s[1] for s in segs), x0, x1
+
+
+def mix_text(a: str, b: str) -> str:
+    """a's report with its first phrase rewritten to "pa and pb" (``span_mix_dual``)."""
+    pa, pb = pos_phrase(a), pos_phrase(b)
+    if pa and pb:
+        return a if pa == pb else POS_PHRASE.sub(f"{pa} and {pb}", a, count=1)
+    return a if pa or not pb else b
+
+
+def tpatchmix(batch: dict, probs: torch.Tensor, gen: torch.Generator, block: int, p: float, threshold: float,
+              paste_rejected: bool = True) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Text-guided cross-sample patch mixing of an unlabelled batch (the rules above).
+
+    ``batch``: the student's view (its texts after PosAug); ``probs``: the teacher's probabilities on the weak
+    view [B,1,H,W]. Returns (mixed batch, mixed probabilities (1 - M) p_a + M p_b, kept-block mask M [B,1,H,W],
+    candidate-block mask before the gate). The caller thresholds the mixed probabilities (rule 4)."""
     x = batch["images"]
     b, _, h, w = x.shape
     perm = torch.randperm(b, generator=gen)
-    gh, gw = -(-h // block), -(-w // block)
-    blocks = (torch.rand(b, 1, gh, gw, generator=gen) < p).float()
-    blocks = F.interpolate(blocks, scale_factor=block, mode="nearest")[..., :h, :w].bool().to(x.device)
-    regions_px = region_masks(h, w).to(x.device)
-    paste = torch.zeros(b, 1, h, w, dtype=torch.bool, device=x.device)
-    texts, spans, regions, known = list(batch["texts"]), list(batch["spans"]), batch["regions"].clone(), batch["known"]
+    draw = _rand(gen, b) < p
+    where = _rand(gen, 2 * b).view(b, 2)
+    cand = torch.zeros(b, 1, h, w, device=x.device)
     for i in range(b):
         j = int(perm[i])
-        if j == i or not compatible(batch["regions"][i], bool(known[i]), batch["regions"][j], bool(known[j])):
+        pa, pb = pos_phrase(batch["texts"][i]), pos_phrase(batch["texts"][j])
+        if not bool(draw[i]) or pa is None:
             continue
-        inside = regions_px[batch["regions"][j].bool().to(x.device)].any(0)  # [H,W] union of b's named regions
-        m = blocks[i, 0] & inside & conf[j, 0].bool()
-        if not bool(m.any()):
-            continue
-        paste[i, 0] = m
-        texts[i] = JoinedText(texts[i], batch["texts"][j])  # "{a} and {b}", shortened by a tokenizer that needs to
-        spans[i] = []
-        regions[i] = batch["regions"][i] | batch["regions"][j]
-    pf = paste.float()
+        if pb is not None and ("left" in pa.split()) != ("left" in pb.split()):
+            continue  # the partner's lesion is in the other lung
+        y0, y1, x0, x1 = phrase_region(pa, h, w)
+        bh, bw = min(block, y1 - y0), min(block, x1 - x0)
+        top = y0 + int(float(where[i, 0]) * (y1 - y0 - bh + 1))
+        left = x0 + int(float(where[i, 1]) * (x1 - x0 - bw + 1))
+        cand[i, 0, top:top + bh, left:left + bw] = 1.0
     src = perm.to(x.device)
-    mixed = {**batch, "images": x * (1 - pf) + x[src] * pf, "texts": texts, "spans": spans, "regions": regions}
-    target = probs * (1 - pf) + probs[src] * pf
-    weight = conf * (1 - pf) + pf  # pasted pixels were chosen where the teacher is confident on b
-    return mixed, target, weight, paste
+    area = cand.sum(dim=(2, 3), keepdim=True)
+    lesion = (probs[src] * cand).sum(dim=(2, 3), keepdim=True) / (area + 1e-6)
+    kept = cand * (lesion >= threshold).float()
+    paste = cand if paste_rejected else kept
+    texts, spans, regions = list(batch["texts"]), list(batch["spans"]), batch["regions"].clone()
+    for i in torch.nonzero(kept.flatten(1).sum(1) > 0).flatten().tolist():
+        j = int(perm[i])
+        mixed_text = mix_text(batch["texts"][i], batch["texts"][j])
+        if mixed_text != texts[i]:
+            texts[i], spans[i] = mixed_text, parse(mixed_text).spans
+        regions[i] = batch["regions"][i] | batch["regions"][j]
+    mixed = {**batch, "images": x * (1 - paste) + x[src] * paste, "texts": texts, "spans": spans,
+             "regions": regions}
+    return mixed, probs * (1 - kept) + probs[src] * kept, kept, cand
 
 
 # ---- generic SSL perturbations (mean_teacher, cutmix_ssl) --------------------------------------------------------

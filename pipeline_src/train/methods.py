@@ -2,8 +2,9 @@
 
 A method owns ``modules`` (an ``nn.ModuleDict``: ``student`` and, for teacher-student methods, a frozen
 ``teacher``), computes ``loss(step, labelled, unlabelled, gen) -> (loss, logs)`` and updates the teacher in
-``after_step(step)``. ``export()`` is the network saved for prediction (the EMA teacher when there is one:
-it is the smoother, better model in mean-teacher practice).
+``after_step(step)``. ``export()`` is the network saved for prediction and evaluated: the student, as the official
+Semi-MedRef code tests it (``wrapper_semi.py::validation_step/test_step``), or the EMA teacher with
+``train.ssl.export: teacher``.
 
 Registry: ``METHODS`` below (explicit, no folder scanning). Names must match ``pipeline_src.params.METHODS``.
 
@@ -61,7 +62,7 @@ class Supervised:
         if out["logits"].shape[1] > 1:  # multi-class head (volumes): masks hold class indices
             loss = losses.dice_ce(out["logits"], batch["masks"])
         else:
-            loss = losses.dice_bce(out["logits"], batch["masks"])
+            loss = losses.binary(self.cfg.loss, out["logits"], batch["masks"])
         logs = {"loss_sup": loss.detach()}
         d = self.cfg.dispersive
         if d.weight > 0:
@@ -85,8 +86,13 @@ class Supervised:
     def after_step(self, step: int) -> None:
         pass
 
+    @property
+    def exported(self) -> str:
+        """Which network ``export`` returns: "student" or "teacher"."""
+        return "teacher" if self.has_teacher and self.cfg.ssl.export == "teacher" else "student"
+
     def export(self) -> nn.Module:
-        return self.modules["teacher"] if self.has_teacher else self.student
+        return self.modules[self.exported]
 
 
 class ImageOnly(Supervised):
@@ -102,34 +108,38 @@ class MedDisSeg(Supervised):
 
 
 class MeanTeacher(Supervised):
-    """EMA teacher gives confident hard pseudo-masks on the weak view; the student sees a strong photometric
-    view. Burn-in: supervised only and the teacher copies the student (Unbiased-Teacher style), so the teacher
-    starts from the burnt-in weights instead of a random-init average."""
+    """EMA teacher gives hard pseudo-masks on the weak view; the student sees a strong photometric view.
+    Burn-in: supervised only and the teacher copies the student (Unbiased-Teacher style), so the teacher starts
+    from the burnt-in weights instead of a random-init average."""
 
     needs_unlabelled = True
     has_teacher = True
 
-    def strong(self, unl: dict, probs: torch.Tensor, conf: torch.Tensor, gen: torch.Generator):
-        """Student view of the unlabelled batch -> (batch, target probs, pixel weight)."""
-        a = self.cfg.augment
-        return {**unl, "images": augment.intensity(unl["images"], gen, a.noise_std, a.jitter)}, probs, conf
+    def pseudo(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return losses.pseudo_label(probs, self.cfg.ssl.pseudo_label, self.cfg.ssl.confidence)
 
-    def unsup_loss(self, step: int, unl: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict, dict]:
+    def strong(self, unl: dict, probs: torch.Tensor, gen: torch.Generator):
+        """Student view of the unlabelled batch -> (batch, binary target, pixel weight or None, logs)."""
+        a = self.cfg.augment
+        target, weight = self.pseudo(probs)
+        return {**unl, "images": augment.intensity(unl["images"], gen, a.noise_std, a.jitter)}, target, weight, {}
+
+    def unsup_loss(self, step: int, unl: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict, dict, dict]:
         unl = self.weak(unl, gen)
         teacher = self.modules["teacher"]
         with torch.no_grad(), (batch_stats(teacher) if self.cfg.ssl.teacher_bn == "batch" else nullcontext()):
             probs = torch.sigmoid(self.forward(teacher, unl["images"], unl["texts"])["logits"])
-        conf = losses.confidence_mask(probs, self.cfg.ssl.confidence)
-        view, target, weight = self.strong(unl, probs, conf, gen)
+        view, target, weight, logs = self.strong(unl, probs, gen)
         out = self.forward(self.student, view["images"], view["texts"])
-        loss = losses.dice_bce(out["logits"], (target > 0.5).float(), weight)
-        return loss, {"loss_unsup": loss.detach(), "confident": conf.mean()}, out, view
+        loss = losses.binary(self.cfg.loss, out["logits"], target, weight)
+        logs = {"loss_unsup": loss.detach(), "pseudo_fg": target.mean(), **logs}
+        return loss, logs, out, view, unl
 
     def loss(self, step, lab, unl, gen):
         loss, logs = super().loss(step, lab, unl, gen)
         w = float(self.sched.unsup[step])
         if w > 0 and unl is not None:  # burn-in: no unlabelled forward at all (saves time)
-            lu, logs_u, _, _ = self.unsup_loss(step, unl, gen)
+            lu, logs_u, *_ = self.unsup_loss(step, unl, gen)
             loss = loss + w * lu
             logs.update(logs_u)
         return loss, logs
@@ -185,19 +195,25 @@ class CutMixSSL(MeanTeacher):
     """Mean teacher whose strong view is plain CutMix of the images; the text is left as it was (a's text now
     describes a picture that also holds b's lesion: the incoherence Semi-MedRef's T-PatchMix fixes)."""
 
-    def strong(self, unl, probs, conf, gen):
+    def strong(self, unl, probs, gen):
         a = self.cfg.augment
         src, m = augment.cutmix(unl["images"], gen, a.cutmix_area)
         images = unl["images"] * (1 - m) + unl["images"][src] * m
         images = augment.intensity(images, gen, a.noise_std, a.jitter)
-        return {**unl, "images": images}, probs * (1 - m) + probs[src] * m, conf * (1 - m) + conf[src] * m
+        target, weight = self.pseudo(probs)  # thresholding commutes with the box mix
+        target = target * (1 - m) + target[src] * m
+        if weight is not None:
+            weight = weight * (1 - m) + weight[src] * m
+        return {**unl, "images": images}, target, weight, {}
 
 
 class SemiMedRef(MeanTeacher):
     """Semi-MedRef: mean teacher + PosAug + T-PatchMix + ITCL, with a text-aware flip (see ``augment``).
 
-    Student views: labelled = flip + PosAug; unlabelled = flip (shared with the teacher) + PosAug + T-PatchMix +
-    photometric noise. ITCL on the student's pooled image/text embeddings of both batches."""
+    As the official code (engine/wrapper_semi.py, utils/dataset_semi.py): labelled = weak view with its report
+    whole (supervised loss + labelled ITCL); unlabelled student = weak view + PosAug'd report + T-PatchMix +
+    photometric noise, trained towards the teacher's hard pseudo-mask; unlabelled ITCL on a separate student pass
+    over the weak view and its original report. docs/FIDELITY.md lists every rule and its source."""
 
     def itcl(self, out: dict, batch: dict) -> torch.Tensor:
         c = self.cfg.itcl
@@ -207,17 +223,28 @@ class SemiMedRef(MeanTeacher):
     def posaug(self, batch: dict, gen: torch.Generator) -> dict:
         return augment.posaug(batch, gen, self.cfg.posaug) if self.cfg.posaug.enabled else batch
 
-    def strong(self, unl, probs, conf, gen):
-        a, t = self.cfg.augment, self.cfg.tpatchmix
+    def strong(self, unl, probs, gen):
+        a, t, ssl = self.cfg.augment, self.cfg.tpatchmix, self.cfg.ssl
         view = self.posaug(unl, gen)
-        target, weight = probs, conf
+        logs = {}
         if t.enabled:
-            view, target, weight, _ = augment.tpatchmix(view, probs, conf, gen, t.block, t.p)
+            view, mixed, kept, _ = augment.tpatchmix(view, probs, gen, t.block, t.p, ssl.confidence,
+                                                     t.paste_rejected)
+            logs["patched"] = (kept.flatten(1).sum(1) > 0).float().mean()
+            if ssl.pseudo_label == "hard":
+                target, weight = (mixed >= 0.5).float(), None  # rule 4: the mixed probabilities at 0.5
+            else:
+                target, w = self.pseudo(mixed)
+                weight = w * (1 - kept) + kept
+        else:
+            target, weight = self.pseudo(probs)
         view = {**view, "images": augment.intensity(view["images"], gen, a.noise_std, a.jitter)}
-        return view, target, weight
+        return view, target, weight, logs
 
     def loss(self, step, lab, unl, gen):
-        lab = self.posaug(self.weak(lab, gen), gen)
+        lab = self.weak(lab, gen)
+        if self.cfg.posaug.scope == "both":
+            lab = self.posaug(lab, gen)
         out = self.forward(self.student, lab["images"], lab["texts"])
         loss, logs = self.supervised_loss(out, lab)
         use_itcl = self.cfg.itcl.enabled and self.student.uses_text
@@ -227,10 +254,12 @@ class SemiMedRef(MeanTeacher):
             logs["loss_itcl_l"] = li.detach()
         w = float(self.sched.unsup[step])
         if w > 0 and unl is not None:
-            lu, logs_u, out_u, view = self.unsup_loss(step, unl, gen)
+            lu, logs_u, out_u, view, weak = self.unsup_loss(step, unl, gen)
             loss = loss + w * lu
             logs.update(logs_u)
-            if use_itcl and self.cfg.itcl.weight_unlabelled > 0:
+            if use_itcl and self.cfg.itcl.weight_unlabelled > 0 and len(weak["texts"]) > 1:
+                if self.cfg.itcl.unlabelled_view == "weak":
+                    out_u, view = self.forward(self.student, weak["images"], weak["texts"]), weak
                 li = self.itcl(out_u, view)
                 loss = loss + self.cfg.itcl.weight_unlabelled * w * li
                 logs["loss_itcl_u"] = li.detach()

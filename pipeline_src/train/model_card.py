@@ -47,7 +47,10 @@ def render(regime: str, config: dict, provenance: dict, model_sha256: str, manif
         "",
         "## Model",
         _line("method", config.get("method")),
+        _line("exported network", {"student": "the student", "teacher": "the EMA teacher"}.get(
+            config.get("exported"), config.get("exported"))),
         _line("architecture", model.get("arch")),
+        _line("decoder", model.get("decoder") if model.get("arch") != "meddisseg" else None),
         _line("image encoder", model.get("image_encoder")),
         _line("text tower", text_tower),
         _line("context length", model.get("context_length") if uses_text else None),

@@ -20,16 +20,25 @@ class Strict(BaseModel):
 
 
 class SSLParams(Strict):
-    """Teacher-student schedule (semi_medref, mean_teacher, cutmix_ssl)."""
+    """Teacher-student schedule (semi_medref, mean_teacher, cutmix_ssl). docs/FIDELITY.md gives each official value."""
 
+    # teacher momentum: linear ema_start -> ema_end over ema_ramp_epochs after burn-in (official: 0.99 -> 0.999
+    # over 20 epochs, wrapper_semi.py::_ema_m_now); during burn-in the teacher is a copy of the student
     ema_start: float = Field(0.99, ge=0, le=1)
     ema_end: float = Field(0.999, ge=0, le=1)
+    ema_ramp_epochs: float = Field(20, ge=0)
     burn_in_epochs: float = Field(1, ge=0)  # supervised only; paper 5
     ramp_epochs: float = Field(1, ge=0)  # unsupervised weight 0 -> unsup_weight; paper 15
     unsup_weight: float = Field(0.3, ge=0)
-    confidence: float = Field(0.55, ge=0.5, le=1)  # teacher pixels with max(p, 1-p) below are ignored
+    confidence: float = Field(0.55, ge=0.5, le=1)
+    # pseudo-label rule: hard = target 1[p >= confidence] on every pixel (official _threshold_target); masked =
+    # target 1[p > 0.5], pixels with max(p, 1-p) < confidence ignored (medref's earlier rule)
+    pseudo_label: Literal["hard", "masked"] = "hard"
     # teacher BN for pseudo-labels: batch statistics of the unlabelled batch, or its (EMA) running stats
     teacher_bn: Literal["batch", "running"] = "batch"
+    # the network saved to models/<run>/ and evaluated: the student (official: validation_step/test_step and
+    # evaluate_semi.py --weights run self.student) or the EMA teacher
+    export: Literal["student", "teacher"] = "student"
 
 
 class AugmentParams(Strict):
@@ -43,15 +52,24 @@ class AugmentParams(Strict):
 class PosAugParams(Strict):
     enabled: bool = True
     p: float = Field(0.5, ge=0, le=1)  # per text
+    # which student reports: unlabelled only (official: dataset_semi.py::QaTaSemiUnlabeled; labelled reports stay
+    # whole) or labelled + unlabelled (medref's earlier scope)
+    scope: Literal["unlabelled", "both"] = "unlabelled"
     mode: Literal["unknown", "neutral", "either"] = "either"
     unknown_token: str = "unknown"
     neutral_phrase: str = "a region of the lung"
 
 
 class TPatchMixParams(Strict):
+    """T-PatchMix as wrapper_semi.py::_build_xpatchmix_batch (mode pos) and pos_aug.py do it."""
+
     enabled: bool = True
     block: int = Field(16, ge=1)
-    p: float = Field(0.08, ge=0, le=1)  # per block inside the partner's named regions
+    p: float = Field(0.08, ge=0, le=1)  # per sample: the chance that it gets one block inside its own phrase region
+    # a block is kept when the teacher's mean lesion probability inside it, on the partner, is >= ssl.confidence.
+    # The official code pastes the image before that gate, so a rejected block stays in the image while target and
+    # text stay a's (true = official); false also keeps the rejected block out of the image
+    paste_rejected: bool = True
 
 
 class ITCLParams(Strict):
@@ -59,6 +77,9 @@ class ITCLParams(Strict):
     tau: float = Field(0.07, gt=0)
     weight_labelled: float = Field(0.02, ge=0)
     weight_unlabelled: float = Field(0.10, ge=0)  # times the (ramped) unsupervised weight
+    # unlabelled ITCL on a separate student pass over the weak view and original report (official), or on the
+    # strong / mixed / PosAug'd pass the unsupervised loss already ran (medref's earlier, cheaper choice)
+    unlabelled_view: Literal["weak", "strong"] = "weak"
 
 
 class DispersiveParams(Strict):
@@ -69,7 +90,10 @@ class DispersiveParams(Strict):
     variant: Literal["infonce_l2", "infonce_cos", "hinge", "covariance"] = "infonce_l2"
     tau: float = Field(0.5, gt=0)
     eps: float = Field(1.0, gt=0)  # hinge margin
-    include_diagonal: bool = True
+    # D for infonce_l2 and hinge: official = ||z_i - z_j|| (Med-DisSeg code, with log(mean + 1e-8)); disploss =
+    # ||z_i - z_j||^2 / d (Wang & He's DispLoss code). docs/FIDELITY.md: the measured reason for the default
+    distance: Literal["official", "disploss"] = "disploss"
+    include_diagonal: bool = False  # E over i != j (Eq. 2 and the official code)
 
 
 class TrainParams(Strict):
@@ -79,9 +103,17 @@ class TrainParams(Strict):
     batch_size: int = Field(16, ge=1)  # labelled images per step; paper 32
     unlabelled_batch_size: int = Field(16, ge=1)  # unlabelled images per step (teacher-student methods); paper 32
     lr: float = Field(3e-4, gt=0)
+    # official: CosineAnnealingLR(T_max=200, eta_min=1e-6) stepped once per epoch (train_semi.py, wrapper_semi.py::
+    # configure_optimizers), so lr is ~1.5e-4 after the paper's 100 epochs; cosine: per step to 0 over the run
+    lr_schedule: Literal["official", "cosine"] = "official"
+    lr_period_epochs: float = Field(200, gt=0)  # official schedule's T_max
+    lr_min: float = Field(1e-6, ge=0)  # official schedule's eta_min
     weight_decay: float = Field(1e-2, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(None, gt=0)  # official: none; the pre-clip norm is logged either way
+    # binary loss on logits, supervised and unsupervised: dice = soft Dice per image (MONAI DiceLoss; the official
+    # DiceCELoss with one channel computes Dice only, docs/FIDELITY.md); dice_bce = that + BCE
+    loss: Literal["dice", "dice_bce"] = "dice"
     checkpoint_every: int = Field(50, ge=1)  # steps; plus one at the end
     # a labelled set smaller than batch_size: "error" (checked by `medref train` before any work) or "cap" the
     # labelled batch at the set size (tiny synthetic demo regimes: 1 % of 200 images = 2). Not a result key.

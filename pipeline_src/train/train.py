@@ -133,17 +133,28 @@ class Schedules:
 
 
 def make_schedules(cfg, total: int, steps_per_epoch: int) -> Schedules:
+    """Per-step lr, teacher momentum and unsupervised weight.
+
+    lr: ``official`` = CosineAnnealingLR(T_max = lr_period_epochs, eta_min = lr_min) stepped once per epoch, as
+    the official Lightning module does (``configure_optimizers``); ``cosine`` = per step to 0 over the run. Either
+    after ``warmup_steps`` of linear warm-up. Momentum: 0 (the teacher copies the student) during burn-in, then
+    linear from ema_start to ema_end over ema_ramp_epochs (``_ema_m_now``), so a run of a few epochs has a teacher
+    with the official horizon 1 / (1 - m) ~ 100 steps rather than one that never moves."""
     s = np.arange(total, dtype=np.float64)
     warm = max(cfg.warmup_steps, 0)
-    cos = 0.5 * (1 + np.cos(np.pi * np.clip((s - warm) / max(total - warm, 1), 0, 1)))
-    lr = cfg.lr * np.where(s < warm, (s + 1) / max(warm, 1), cos)
+    if cfg.lr_schedule == "official":
+        epoch = np.floor(s / steps_per_epoch)
+        shape = cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + np.cos(np.pi * epoch / cfg.lr_period_epochs))
+    else:
+        shape = cfg.lr * 0.5 * (1 + np.cos(np.pi * np.clip((s - warm) / max(total - warm, 1), 0, 1)))
+    lr = np.where(s < warm, cfg.lr * (s + 1) / max(warm, 1), shape)
     ssl = cfg.ssl
     burn = int(round(ssl.burn_in_epochs * steps_per_epoch))
     ramp = int(round(ssl.ramp_epochs * steps_per_epoch))
     unsup = ssl.unsup_weight * np.clip((s - burn + 1) / max(ramp, 1), 0, 1) * (s >= burn)
-    # teacher momentum: 0 (= copy the student) during burn-in, then cosine 0.99 -> 0.999 (dinov2's ramp)
-    after = np.clip((s - burn) / max(total - burn - 1, 1), 0, 1)
-    mom = ssl.ema_end - (ssl.ema_end - ssl.ema_start) * 0.5 * (1 + np.cos(np.pi * after))
+    ema_ramp = ssl.ema_ramp_epochs * steps_per_epoch
+    after = np.clip((s - burn) / ema_ramp, 0, 1) if ema_ramp > 0 else np.ones_like(s)
+    mom = ssl.ema_start + (ssl.ema_end - ssl.ema_start) * after
     mom = np.where(s < burn, 0.0, mom)
     return Schedules(lr, mom, unsup)
 
@@ -407,12 +418,14 @@ def fit(s: RunState) -> None:
             raise FloatingPointError(f"{s.regime}: loss is {loss.item()} at step {step} ({logs})")  # dinov2: fail loudly
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grads = [p.grad for p in method.student.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)  # logged before any clipping (the official code clips nothing)
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(method.student.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(method.student.parameters(), cfg.grad_clip, norm)
         opt.step()
         method.after_step(step)
 
-        logs = {"loss": loss.detach(), **logs}
+        logs = {"loss": loss.detach(), **logs, "grad_norm": norm.detach()}
         for k, v in logs.items():  # per-epoch means (kept in the checkpoint so a resumed epoch averages right)
             total, count = s.acc.get(k, (0.0, 0))
             s.acc[k] = (total + float(v), count + 1)
@@ -426,6 +439,10 @@ def fit(s: RunState) -> None:
             row.update({f"train_{k}": total / count for k, (total, count) in s.acc.items()})
             if s.val is not None:
                 row.update(validate(method.export(), s.val, cfg.val_max, s.tok, s.device, s.autocast))
+                if method.has_teacher:  # the learning curve scores both networks, whichever is exported
+                    for name in ("student", "teacher"):
+                        v = validate(method.modules[name], s.val, cfg.val_max, s.tok, s.device, s.autocast)
+                        row.update({f"val_dice_{name}": v["val_dice"]} if "val_dice" in v else {})
             s.history.append(row)
             s.acc = {}
             bar.write(f"[train] {s.regime} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -445,9 +462,10 @@ def export(s: RunState, params, out_dir: Path) -> Path:
     if s.val is not None and s.history:
         s.history[-1].update(validate(net, s.val, cfg.val_max, s.tok, s.device, s.autocast))  # the exported model
         s.history[-1].update(val_alignment(net, s.val, cfg.val_max, s.tok, s.device))
-        print(f"[train] {s.regime} exported model ({'EMA teacher' if s.method.has_teacher else 'student'}, precise "
-              "BN): " + " ".join(f"{k}={v:.4g}" for k, v in s.history[-1].items() if k.startswith("val_")))
-    config = {"regime": s.regime, "method": s.method_name, "seed": s.seed, "steps": s.stop, "total_steps": s.total,
+        print(f"[train] {s.regime} exported model ({s.method.exported}, precise BN): "
+              + " ".join(f"{k}={v:.4g}" for k, v in s.history[-1].items() if k.startswith("val_")))
+    config = {"regime": s.regime, "method": s.method_name, "exported": s.method.exported, "seed": s.seed,
+              "steps": s.stop, "total_steps": s.total,
               "steps_per_epoch": s.steps_per_epoch, "n_labelled": len(s.lab),
               "n_unlabelled": len(s.unl) if s.unl else 0, "batch_size": s.bs_l, "unlabelled_batch_size": s.bs_u,
               "device": s.device.type, "train": cfg.model_dump(mode="json")}
