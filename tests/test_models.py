@@ -112,3 +112,25 @@ def test_alignment_score_perfect_and_region_readout():
     s = alignment_score(emb, emb, texts, unknown)
     assert s["top1"] == 1 and s["region_agreement"] == 1 and s["region_agreement_chance"] == 0.5
     assert alignment_score(emb, emb, texts, None)["region_agreement"] is None
+
+
+def test_dice_loss_is_monais_dice_loss_and_the_official_dicece_on_one_channel():
+    # the official trains with MONAI 1.0.1 DiceCELoss(sigmoid=False) on one channel: its CE term is a softmax over a
+    # single channel (identically 0), so the loss is MONAI's soft Dice; losses.dice is that on sigmoid(logits)
+    from monai.losses import DiceLoss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 8, 8, generator=g)
+    target = (torch.rand(3, 1, 8, 8, generator=g) > 0.6).float()
+    want = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    assert torch.allclose(losses.dice(logits, target), want, atol=1e-7)
+    one_channel_ce = torch.nn.functional.cross_entropy(logits, target, reduction="mean")  # soft labels, C = 1
+    assert float(one_channel_ce) == 0.0
+
+
+def test_hard_pseudo_label_uses_every_pixel():
+    p = torch.tensor([0.0, 0.3, 0.54, 0.55, 0.9]).view(1, 1, 1, 5)
+    target, weight = losses.pseudo_label(p, "hard", 0.55)
+    assert target.flatten().tolist() == [0, 0, 0, 1, 1] and weight is None  # official _threshold_target
+    target, weight = losses.pseudo_label(p, "masked", 0.55)
+    assert target.flatten().tolist() == [0, 0, 1, 1, 1] and weight.flatten().tolist() == [1, 1, 0, 1, 1]

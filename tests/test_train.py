@@ -119,7 +119,7 @@ def test_stale_checkpoint_from_other_params_is_not_resumed(tiny, tmp_path, repo_
 
 def test_nan_loss_raises(tiny, tmp_path, repo_root, monkeypatch):
     monkeypatch.setenv("MEDREF_PROGRESS", "0")
-    monkeypatch.setattr(methods.losses, "dice_bce", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(methods.losses, "binary", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(FloatingPointError, match="loss is nan"):
         _train(_params(repo_root, "supervised", max_steps=2), tiny, tmp_path)
     assert not (tmp_path / "model").exists()
