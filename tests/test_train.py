@@ -67,6 +67,8 @@ def test_each_method_trains_and_predicts(method, tiny, tmp_path, repo_root, monk
     assert (out / "live" / "metrics.json").exists()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"] == method and cfg["steps"] == 3
+    assert cfg["exported"] == "student"  # the official protocol evaluates the student, for every method
+    assert "- exported network: the student" in (out / "MODEL.md").read_text()
     # CPU weights are bit-identical only on one CPU kind: the model records which
     assert json.loads((out / "provenance.json").read_text())["cpu"] == provenance.cpu_model()
     assert (tmp_path / "run" / "last.pt").exists()
