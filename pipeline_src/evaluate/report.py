@@ -396,6 +396,7 @@ def _rank(p: Path) -> int:
 # teacher-student methods the student and the EMA teacher). Other DVCLive keys (lr, grad norm, ...) stay in the log.
 CURVE_PREFIXES = ("train_loss", "val_dice")
 TEACHER_STUDENT = ("val_dice_student", "val_dice_teacher")
+TS_METHODS = ("semi_medref", "mean_teacher", "cutmix_ssl")  # the methods whose logs should hold them
 
 
 def read_live(live_dir: Path) -> dict[str, list[tuple[float, float]]]:
@@ -426,7 +427,7 @@ def _learning_curves(out: Path, models_root: Path, ours: list[dict]) -> dict[str
             continue
         png = f"curves/{r['regime']}.png"
         plots.learning_curves(series, out / png, f"{r['regime']} ({r['method']}): per epoch, from models/"
-                                                 f"{r['regime']}/live")
+                                                 f"{r['regime']}/live", teacher_student=r["method"] in TS_METHODS)
         last = {k: v[-1][1] for k, v in series.items()}
         epochs = max(int(v[-1][0]) + 1 for v in series.values())
         shown[r["regime"]] = {"png": png, "method": r["method"], "epochs": epochs, "last": last,
@@ -456,7 +457,8 @@ def _curves_section(curves: dict[str, dict]) -> str:
 
 
 def _studies_section(out: Path, studies_dir: Path) -> str:
-    """Each study's tables (studies/<study>/study.md, headings one level down) with its figure copied beside, and
+    """Each study's tables (studies/<study>/study.md, headings two levels down: each study is an entry under
+    "Studies" in the page's contents) with its figure copied beside, and
     each study alone as studies/<study>.md + a self-contained studies/<study>.html (Snakemake's report shows it)."""
     parts = []
     for summary in sorted(Path(studies_dir).glob("*.json")):
@@ -473,7 +475,7 @@ def _studies_section(out: Path, studies_dir: Path) -> str:
         (out / "studies" / f"{name}.html").write_text(render_html(alone, out / "studies", self_contained=True,
                                                                   title=f"medref study {name}"))
         text = md.read_text().replace("](dice_vs_fraction.png)", f"](studies/{name}_dice_vs_fraction.png)")
-        parts.append("\n".join("#" + line if line.startswith("#") else line for line in text.splitlines()))
+        parts.append("\n".join("##" + line if line.startswith("#") else line for line in text.splitlines()))
     return ("## Studies (`study@<study>`: mean ± std over seeds, paired deltas, verdicts)\n\n"
             "Each study below is also a page of its own: `studies/<study>.html`.\n\n" + "\n\n".join(parts)
             if parts else "")
@@ -485,20 +487,25 @@ def _studies_section(out: Path, studies_dir: Path) -> str:
 CSS = """
 :root{color-scheme:light}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;line-height:1.45;color:#1d2329;
+  overflow-wrap:break-word;
   max-width:1240px;margin:0 auto;padding:0 16px 48px}
 h1{font-size:1.6em;margin:.8em 0 .3em}h2{font-size:1.3em;margin-top:1.8em;border-bottom:1px solid #d8dee4;
   padding-bottom:.2em}h3{font-size:1.08em;margin-top:1.4em}
 nav.toc{background:#f6f8fa;border:1px solid #d8dee4;border-radius:6px;padding:.5em 1em;margin:1em 0}
-nav.toc ol{margin:.2em 0;padding-left:1.3em}nav.toc ol ol{font-size:.92em}nav.toc li{margin:.1em 0}
-.table-wrap{overflow:auto;max-height:75vh;margin:.6em 0 1.2em;border:1px solid #d8dee4;border-radius:4px}
+nav.toc ol{margin:.2em 0;padding-left:1.3em}nav.toc li{margin:.1em 0}
+nav.toc ol ol{display:flex;flex-wrap:wrap;gap:0 1em;padding-left:0;font-size:.92em;list-style:none}
+.table-wrap{overflow:auto;max-height:75vh;width:fit-content;max-width:100%;margin:.6em 0 1.2em;
+  border:1px solid #d8dee4;border-radius:4px}
 table{border-collapse:separate;border-spacing:0;font-size:13px;font-variant-numeric:tabular-nums}
 th,td{border-bottom:1px solid #e3e7eb;border-right:1px solid #eef1f4;padding:4px 8px;text-align:right;
   white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
 thead th{position:sticky;top:0;z-index:1;background:#eef2f6;white-space:normal;min-width:4.5em;
   vertical-align:bottom;box-shadow:0 1px 0 #c9d1d9}
-tbody tr:nth-child(even){background:#fafbfc}
-tr.pub,tr.pub:nth-child(even){background:#fff4d6;font-style:italic}
+tbody td{background:#fff}tbody tr:nth-child(even) td{background:#fafbfc}
+tr.pub td,tr.pub:nth-child(even) td{background:#fff4d6;font-style:italic}
+td:first-child{position:sticky;left:0;z-index:0;box-shadow:1px 0 0 #d8dee4}
+thead th:first-child{left:0;z-index:2;box-shadow:1px 1px 0 #c9d1d9}
 img{max-width:100%;height:auto;display:block;margin:.5em 0}
 blockquote{margin:.8em 0;padding:.3em 1em;border-left:4px solid #e3b341;background:#fffbea}
 code{background:#f0f2f4;padding:0 .25em;border-radius:3px;font-size:.92em}
