@@ -10,6 +10,10 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+# `snakemake --report report.html`: this text on its front page; the rules' report() outputs under it
+report: "workflow/report/workflow.rst"
+
+
 # The slurm profile sets `config: [launcher=slurm]`: `medref train` (a local rule) then submits
 # itself through submitit. An exported MEDREF_LAUNCHER still wins. Not a param of any rule, so
 # where training ran never triggers a re-run.

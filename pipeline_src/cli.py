@@ -211,6 +211,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         eval_root=Path(args.eval_root or paths.EVAL),
         out_dir=Path(args.out or paths.REPORTS),
         studies_dir=Path(args.studies or paths.STUDIES),
+        models_root=Path(args.models or paths.MODELS),
+        self_contained=args.self_contained,
     )
 
 
@@ -324,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics", help="metrics folder (default: metrics)")
     sp.add_argument("--eval-root", help="per-regime eval folders (default: eval)")
     sp.add_argument("--studies", help="study outputs (default: studies)")
+    sp.add_argument("--models", help="model folders whose live/ (DVCLive) logs give the learning curves (default: models)")
     sp.add_argument("--out", help="report folder (default: reports)")
+    sp.add_argument("--self-contained", action="store_true",
+                    help="inline every image of index.html as a data URI, so the page can be mailed on its own")
 
     sp = add("regions", cmd_regions, "Print the 6-region vector of texts and/or mask PNGs, one JSON line each.")
     sp.add_argument("texts", nargs="*", help="report sentences")

@@ -376,7 +376,8 @@ GRID_HEADER = """\
 
 
 def grid_document(raw: dict[str, Any]) -> dict[str, Any]:
-    """{runs: {name: spec}, splits: {name: {dataset, fraction}}, study_runs: {study: [run names]}}, from raw params."""
+    """{runs: {name: spec}, splits: {name: {dataset, fraction}}, study_runs: {study: [run names]}, live_plots: {plot:
+    {tsv file: key}}}, from raw params."""
     try:
         params = Params.model_validate(raw)
     except ValidationError as e:
@@ -392,7 +393,26 @@ def grid_document(raw: dict[str, Any]) -> dict[str, Any]:
             for name, r in params.regimes.items()}
     splits = {name: {"dataset": d, "fraction": f} for name, (d, f) in params.splits.items()}
     study_runs = {s: [n for n, r in params.regimes.items() if r.study == s] for s in params.studies}
-    return {"runs": runs, "splits": splits, "study_runs": study_runs}
+    return {"runs": runs, "splits": splits, "study_runs": study_runs, "live_plots": _live_plots(params)}
+
+
+# methods whose DVCLive log holds the student's and the EMA teacher's validation Dice beside the exported network's
+TEACHER_STUDENT = ("semi_medref", "mean_teacher", "cutmix_ssl")
+
+
+def _live_plots(params: Params) -> dict[str, dict[str, str]]:
+    """dvc.yaml's `plots:` y-maps over every run's DVCLive log (models/<run>/live/plots/metrics/<key>.tsv -> key):
+    DVC cannot glob, so the grid file spells them out, one map per plot."""
+    def tsv(run: str, key: str) -> str:
+        return f"models/{run}/live/plots/metrics/{key}.tsv"
+
+    ts = [n for n, r in params.regimes.items() if r.method in TEACHER_STUDENT]
+    return {
+        "train_loss": {tsv(n, "train_loss"): "train_loss" for n in params.regimes},
+        "val_dice": {tsv(n, "val_dice"): "val_dice" for n in params.regimes},
+        # student and teacher on one axis: the curve a reader of a teacher-student run looks at first
+        "teacher_student": {tsv(n, k): k for n in ts for k in ("val_dice_student", "val_dice_teacher")},
+    }
 
 
 def _tracked_keys(raw: dict[str, Any], name: str, r: RegimeParams) -> dict[str, str]:

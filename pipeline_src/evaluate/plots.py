@@ -110,3 +110,44 @@ def dice_vs_fraction(rows: Sequence[dict], published: Sequence[dict], path: Path
 
 def _any_ds(rows: Sequence[dict], p: dict) -> bool:
     return any(r["dataset"] == p["dataset"] for r in rows)
+
+
+def learning_curves(series: dict[str, list[tuple[float, float]]], path: Path, title: str,
+                    teacher_student: bool = False) -> None:
+    """Loss (left) and validation Dice (right) per epoch for one run, from its DVCLive log.
+
+    ``series`` maps a DVCLive metric name to its (step, value) points. The loss panel draws ``train_loss`` and its
+    parts (``train_loss_*``); the Dice panel draws ``val_dice`` (the exported network) and, for a teacher-student
+    run, ``val_dice_student`` and ``val_dice_teacher`` beside it, so the two networks are read off one axis. A run
+    whose log lacks a key simply has no line for it; a panel with nothing to draw says so, and so does the Dice panel
+    of a ``teacher_student`` run whose log has no student/teacher keys."""
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.2))
+    losses = ["train_loss"] + sorted(k for k in series if k.startswith("train_loss_"))
+    dice = (("val_dice", "exported network", "-", 2.2, "#4c72b0"),
+            ("val_dice_student", "student", "--", 1.4, "#dd8452"),
+            ("val_dice_teacher", "teacher (EMA)", ":", 1.8, "#55a868"))  # fmt: skip
+    cmap = plt.get_cmap("tab10")
+    for i, k in enumerate(k for k in losses if series.get(k)):
+        x, y = zip(*series[k], strict=True)
+        ax_loss.plot(x, y, "o-" if k == "train_loss" else "o--", ms=3, lw=2 if k == "train_loss" else 1,
+                     color=cmap(i % 10), label=k.removeprefix("train_"))
+    for k, label, ls, lw, colour in dice:
+        if series.get(k):
+            x, y = zip(*series[k], strict=True)
+            ax_dice.plot(x, y, marker="o", ms=3, ls=ls, lw=lw, color=colour, label=label)
+    for ax, ylabel in ((ax_loss, "training loss"), (ax_dice, "validation Dice")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        else:
+            ax.text(0.5, 0.5, "not in this run's log", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    if teacher_student and not (series.get("val_dice_student") or series.get("val_dice_teacher")):
+        ax_dice.text(0.5, 0.04, "no student/teacher Dice in this log", ha="center", va="bottom",
+                     transform=ax_dice.transAxes, fontsize=8, color="0.4")
+    ax_dice.set_ylim(0, 1)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

@@ -8,7 +8,12 @@ reports/ holds
   dice_vs_fraction.csv         the same points, long form (dataset, method, fraction_pct, dice, ...)
   plots/dice_vs_fraction/<dataset>.csv   wide form (fraction_pct, <method>, <method>_global) for `dvc plots`
   overlays/<regime>/*.png, hist/<regime>.png   copied from eval/<regime>/ (the report never loads a model)
-  index.html                   all of the above on one page
+  curves/<regime>.png          loss and validation Dice per epoch, from models/<regime>/live/ (DVCLive); teacher-
+                               student runs show the student and the EMA teacher beside the exported network
+  studies/<study>.md, studies/<study>_dice_vs_fraction.png   each study's tables and verdicts, rendered alone
+                               (what `snakemake --report` shows per study)
+  index.html                   report.md rendered (markdown-it-py): the same content, a table of contents, images by
+                               relative path (``medref report --self-contained`` inlines them as data URIs)
 
 Numbers are shown in percent (Dice, IoU, NSD, sensitivity, specificity) and pixels (HD95, ASSD).
 Published numbers are on the *real* datasets at 224×224; when our dataset source is synthetic the
@@ -17,11 +22,16 @@ report says so, because then the two are not comparable.
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
 import json
+import mimetypes
+import re
 import shutil
+from collections import Counter
+from html.parser import HTMLParser
 from pathlib import Path
 
 from pipeline_src.errors import MedrefError
@@ -221,7 +231,9 @@ def build(params, metrics: list[dict]) -> tuple[list[dict], list[dict]]:
     return ours, pub
 
 
-def markdown(ours: list[dict], pub: list[dict], metrics: list[dict], overlays: dict[str, dict]) -> str:
+def markdown(ours: list[dict], pub: list[dict], metrics: list[dict], overlays: dict[str, dict],
+             studies: str = "", curves: dict[str, dict] | None = None) -> str:
+    """report.md: the one source of the report; index.html is this text rendered (``render_html``)."""
     out = io.StringIO()
     w = out.write
     w("# medref evaluation report\n\n")
@@ -235,6 +247,8 @@ def markdown(ours: list[dict], pub: list[dict], metrics: list[dict], overlays: d
         f"Rows marked **{PUBLISHED_LABEL}** (†) are numbers copied from papers, on the real datasets; they were not "
         "produced by this pipeline and use the convention of their paper (the other convention is left blank).\n\n"
     )
+    w("Files: [report.md](report.md) (this report), [report.csv](report.csv) (every row, full digests), "
+      "[dice_vs_fraction.csv](dice_vs_fraction.csv).\n\n")
     for ds in sorted({r["dataset"] for r in ours}):
         rows = [r for r in ours if r["dataset"] == ds] + [p for p in pub if p["dataset"] == ds]
         src = next(r["data_source"] for r in ours if r["dataset"] == ds)
@@ -248,6 +262,10 @@ def markdown(ours: list[dict], pub: list[dict], metrics: list[dict], overlays: d
     if not ours:
         w("_No regime metrics found._\n\n")
     w("![Dice vs labelled fraction](dice_vs_fraction.png)\n\n")
+    if studies:
+        w(studies + "\n\n")
+    if curves:
+        w(_curves_section(curves))
     for m in sorted((m for m in metrics if m.get("per_class")), key=lambda m: m["regime"]):
         from pipeline_src.evaluate.multiclass import format_table
 
@@ -256,6 +274,14 @@ def markdown(ours: list[dict], pub: list[dict], metrics: list[dict], overlays: d
     regions = _region_table(metrics)
     if regions:
         w("## Per-region Dice (%) by the lung region the text names (n in brackets)\n\n" + regions + "\n\n")
+    if overlays:
+        w("## Samples (image | ground truth | prediction): best, median, worst by per-image Dice\n\n")
+        for regime, figs in overlays.items():
+            w(f"### {regime}\n\n")
+            if figs["hist"]:
+                w(f"![{regime} Dice histogram]({figs['hist']})\n\n")
+            for f in figs["overlays"]:
+                w(f"![{regime} {Path(f).stem}]({f})\n\n")
     w("## Provenance of each row\n\n")
     w(
         "Each of our rows comes from one `metrics/<regime>.json`; its provenance block names the code and data "
@@ -271,15 +297,7 @@ def markdown(ours: list[dict], pub: list[dict], metrics: list[dict], overlays: d
             + [_short(r[k]) or "—" for k in ("params_digest", "shards_digest", "labels_digest", "model_digest")]
             + [tcommit, _short(r["train_params_digest"]) or "—", _short(r["split_digest"]) or "—"]
         )
-    w(_md_table(head, prow) + "\n\n")
-    if overlays:
-        w("## Samples (image | ground truth | prediction): best, median, worst by per-image Dice\n\n")
-        for regime, figs in overlays.items():
-            w(f"### {regime}\n\n")
-            if figs["hist"]:
-                w(f"![{regime} Dice histogram]({figs['hist']})\n\n")
-            for f in figs["overlays"]:
-                w(f"![{regime} {Path(f).stem}]({f})\n\n")
+    w(_md_table(head, prow) + "\n")
     return out.getvalue()
 
 
@@ -372,39 +390,76 @@ def _rank(p: Path) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def index_html(md_ours: list[dict], pub: list[dict], shown: dict[str, dict], out: Path) -> str:
-    e = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>medref report</title><style>"
-        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-        "tr.pub{background:#fff4d6;font-style:italic}img{max-width:100%}</style></head><body>",
-        "<h1>medref evaluation report</h1>",
-        "<p>Per-image = mean ± std over images (LViT); global = pooled over pixels (GuideDecoder). "
-        f"Rows shaded and marked <b>{e(PUBLISHED_LABEL)}</b> are copied from papers (real data). "
-        "Full provenance: <a href='report.md'>report.md</a>, <a href='report.csv'>report.csv</a>.</p>",
-    ]
-    for ds in sorted({r["dataset"] for r in md_ours}):
-        rows = [r for r in md_ours if r["dataset"] == ds] + [p for p in pub if p["dataset"] == ds]
-        parts.append(f"<h2>{e(ds)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEAD) + "</tr>")
-        for r in rows:
-            cls = "" if r["source"] == "ours" else " class='pub'"
-            cells = [c.replace("**", "").replace("*", "") for c in _table_cells(r)]
-            parts.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-        parts.append("</table>")
-    if (out / "dice_vs_fraction.png").exists():
-        parts.append("<h2>Dice vs labelled fraction</h2><img src='dice_vs_fraction.png'>")
-    for regime, figs in shown.items():
-        parts.append(f"<h2>{e(regime)}</h2>")
-        if figs["hist"]:
-            parts.append(f"<img src='{e(figs['hist'])}' style='max-width:420px'>")
-        parts += [f"<div><img src='{e(f)}'></div>" for f in figs["overlays"]]
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+# ---- learning curves (DVCLive) ------------------------------------------------------------------------------------
+
+# The per-epoch keys the curves draw: the loss and its parts, and validation Dice (exported network, and for the
+# teacher-student methods the student and the EMA teacher). Other DVCLive keys (lr, grad norm, ...) stay in the log.
+CURVE_PREFIXES = ("train_loss", "val_dice")
+TEACHER_STUDENT = ("val_dice_student", "val_dice_teacher")
+TS_METHODS = ("semi_medref", "mean_teacher", "cutmix_ssl")  # the methods whose logs should hold them
+
+
+def read_live(live_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """{metric: [(step, value), ...]} from a DVCLive folder's plots/metrics/<metric>.tsv (step = epoch here: train.py
+    replays one DVCLive step per epoch row of its history). An absent folder gives {}."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for f in sorted((Path(live_dir) / "plots" / "metrics").glob("*.tsv")):
+        if not f.stem.startswith(CURVE_PREFIXES):
+            continue
+        with open(f, newline="") as fh:
+            pts = []
+            for row in csv.DictReader(fh, delimiter="\t"):
+                try:
+                    pts.append((float(row["step"]), float(row[f.stem])))
+                except (KeyError, TypeError, ValueError):
+                    continue  # a malformed line costs its point, not the report
+        if pts:
+            series[f.stem] = pts
+    return series
+
+
+def _learning_curves(out: Path, models_root: Path, ours: list[dict]) -> dict[str, dict]:
+    """curves/<regime>.png for each run with a DVCLive log; {regime: {png, method, epochs, last values}}."""
+    shown: dict[str, dict] = {}
+    for r in ours:
+        series = read_live(Path(models_root) / r["regime"] / "live")
+        if not series:
+            continue
+        png = f"curves/{r['regime']}.png"
+        plots.learning_curves(series, out / png, f"{r['regime']} ({r['method']}): per epoch, from models/"
+                                                 f"{r['regime']}/live", teacher_student=r["method"] in TS_METHODS)
+        last = {k: v[-1][1] for k, v in series.items()}
+        epochs = max(int(v[-1][0]) + 1 for v in series.values())
+        shown[r["regime"]] = {"png": png, "method": r["method"], "epochs": epochs, "last": last,
+                              "teacher_student": all(k in series for k in TEACHER_STUDENT)}
+    return shown
+
+
+def _curves_section(curves: dict[str, dict]) -> str:
+    lines = ["## Learning curves (per epoch, from each run's DVCLive log)", "",
+             "Training loss and validation Dice per epoch, read from `models/<run>/live/` (the files `dvc plots show` "
+             "draws). For teacher-student runs the student and the EMA teacher are drawn beside the exported network "
+             "where the log has them (`val_dice_student`, `val_dice_teacher`).", ""]
+    head = ["run", "method", "epochs", "last train loss", "last val Dice", "student", "teacher"]
+    rows = []
+    for regime, c in curves.items():
+        last = c["last"]
+        rows.append([regime, c["method"], str(c["epochs"]), _fmt(last.get("train_loss"), 4),
+                     _fmt(last.get("val_dice"), 4), _fmt(last.get("val_dice_student"), 4),
+                     _fmt(last.get("val_dice_teacher"), 4)])
+    lines += [_md_table(head, rows), ""]
+    for regime, c in curves.items():
+        lines += [f"![{regime} learning curves]({c['png']})", ""]
+    return "\n".join(lines) + "\n"
+
+
+# ---- studies -------------------------------------------------------------------------------------------------------
 
 
 def _studies_section(out: Path, studies_dir: Path) -> str:
-    """Each study's tables (studies/<study>/study.md, headings one level down) with its figure copied beside."""
+    """Each study's tables (studies/<study>/study.md, headings two levels down: each study is an entry under
+    "Studies" in the page's contents) with its figure copied beside, and
+    each study alone as studies/<study>.md + a self-contained studies/<study>.html (Snakemake's report shows it)."""
     parts = []
     for summary in sorted(Path(studies_dir).glob("*.json")):
         name = summary.stem
@@ -415,14 +470,214 @@ def _studies_section(out: Path, studies_dir: Path) -> str:
         png = Path(studies_dir) / name / "dice_vs_fraction.png"
         if png.is_file():
             shutil.copyfile(png, out / "studies" / f"{name}_dice_vs_fraction.png")
+        alone = md.read_text().replace("](dice_vs_fraction.png)", f"]({name}_dice_vs_fraction.png)")
+        (out / "studies" / f"{name}.md").write_text(alone)
+        (out / "studies" / f"{name}.html").write_text(render_html(alone, out / "studies", self_contained=True,
+                                                                  title=f"medref study {name}"))
         text = md.read_text().replace("](dice_vs_fraction.png)", f"](studies/{name}_dice_vs_fraction.png)")
-        parts.append("\n".join("#" + line if line.startswith("#") else line for line in text.splitlines()))
-    return ("\n\n## Studies (study@<study>: mean ± std over seeds, paired deltas, verdicts)\n\n" + "\n\n".join(parts)
+        parts.append("\n".join("##" + line if line.startswith("#") else line for line in text.splitlines()))
+    return ("## Studies (`study@<study>`: mean ± std over seeds, paired deltas, verdicts)\n\n"
+            "Each study below is also a page of its own: `studies/<study>.html`.\n\n" + "\n\n".join(parts)
             if parts else "")
 
 
-def run(params, metrics_dir: Path, eval_root: Path, out_dir: Path, studies_dir: Path | None = None) -> dict:
-    """Build reports/ from every metrics/<regime>.json and eval/<regime>/ figures, and the studies' tables."""
+# ---- HTML: report.md rendered ----------------------------------------------------------------------------------------
+
+# Phone (~390 px) and desktop widths: wide tables scroll inside their own box with the header row kept in view.
+CSS = """
+:root{color-scheme:light}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;line-height:1.45;color:#1d2329;
+  overflow-wrap:break-word;
+  max-width:1240px;margin:0 auto;padding:0 16px 48px}
+h1{font-size:1.6em;margin:.8em 0 .3em}h2{font-size:1.3em;margin-top:1.8em;border-bottom:1px solid #d8dee4;
+  padding-bottom:.2em}h3{font-size:1.08em;margin-top:1.4em}
+nav.toc{background:#f6f8fa;border:1px solid #d8dee4;border-radius:6px;padding:.5em 1em;margin:1em 0}
+nav.toc ol{margin:.2em 0;padding-left:1.3em}nav.toc li{margin:.1em 0}
+nav.toc ol ol{display:flex;flex-wrap:wrap;gap:0 1em;padding-left:0;font-size:.92em;list-style:none}
+.table-wrap{overflow:auto;max-height:75vh;width:fit-content;max-width:100%;margin:.6em 0 1.2em;
+  border:1px solid #d8dee4;border-radius:4px}
+table{border-collapse:separate;border-spacing:0;font-size:13px;font-variant-numeric:tabular-nums}
+th,td{border-bottom:1px solid #e3e7eb;border-right:1px solid #eef1f4;padding:4px 8px;text-align:right;
+  white-space:nowrap}
+th:first-child,td:first-child{text-align:left}
+thead th{position:sticky;top:0;z-index:1;background:#eef2f6;white-space:normal;min-width:4.5em;
+  vertical-align:bottom;box-shadow:0 1px 0 #c9d1d9}
+tbody td{background:#fff}tbody tr:nth-child(even) td{background:#fafbfc}
+tr.pub td,tr.pub:nth-child(even) td{background:#fff4d6;font-style:italic}
+td:first-child{position:sticky;left:0;z-index:0;box-shadow:1px 0 0 #d8dee4}
+thead th:first-child{left:0;z-index:2;box-shadow:1px 1px 0 #c9d1d9}
+img{max-width:100%;height:auto;display:block;margin:.5em 0}
+blockquote{margin:.8em 0;padding:.3em 1em;border-left:4px solid #e3b341;background:#fffbea}
+code{background:#f0f2f4;padding:0 .25em;border-radius:3px;font-size:.92em}
+@media (max-width:600px){body{padding:0 10px 32px}h1{font-size:1.35em}table{font-size:12px}}
+"""
+
+
+def _markdown_it():
+    """CommonMark with tables; raw HTML off, so a ``<study>`` in the text is shown, not taken for a tag."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def _inline_text(tok) -> str:
+    """Plain text of one markdown-it inline token (what a reader sees of a heading, cell or paragraph)."""
+    parts = []
+    for c in tok.children or []:
+        if c.type in ("text", "code_inline"):
+            parts.append(c.content)
+        elif c.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+        elif c.type == "image":
+            parts.append(c.content)
+    return "".join(parts)
+
+
+def _slug(text: str, used: dict[str, int]) -> str:
+    base = "-".join(re.sub(r"[^\w\s-]", " ", text.lower()).split()) or "section"
+    n = used.get(base, 0)
+    used[base] = n + 1
+    return base if n == 0 else f"{base}-{n + 1}"
+
+
+def _data_uri(path: Path) -> str:
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def render_html(md_text: str, base: Path, self_contained: bool = False, title: str = "medref report") -> str:
+    """``md_text`` rendered by markdown-it-py as one page: heading anchors and a table of contents (h2, with h3
+    beneath), tables wrapped so they scroll in their own box, published rows shaded. Images keep their relative
+    paths (resolved against ``base``), or with ``self_contained`` are inlined as data URIs."""
+    md = _markdown_it()
+    tokens = md.parse(md_text)
+    used: dict[str, int] = {}
+    toc: list[tuple[int, str, str]] = []
+    for i, t in enumerate(tokens):
+        if t.type == "heading_open":
+            text = _inline_text(tokens[i + 1])
+            slug = _slug(text, used)
+            t.attrSet("id", slug)
+            if t.tag in ("h2", "h3"):
+                toc.append((int(t.tag[1]), text, slug))
+        elif t.type == "tr_open":
+            first = next(x for x in tokens[i:] if x.type == "inline")
+            if first.content == f"**{PUBLISHED_LABEL}**":
+                t.attrSet("class", "pub")
+        elif t.type == "inline" and self_contained:
+            for c in t.children or []:
+                src = c.attrGet("src") if c.type == "image" else None
+                if src and "://" not in src and not src.startswith("data:") and (base / src).is_file():
+                    c.attrSet("src", _data_uri(base / src))
+    body = md.renderer.render(tokens, md.options, {})
+    body = body.replace("<table>", '<div class="table-wrap"><table>').replace("</table>", "</table></div>")
+    nav = ""
+    if len(toc) > 1:
+        items, open_sub = [], False
+        for level, text, slug in toc:
+            if level == 3 and not items:
+                level = 2
+            if level == 2:
+                if open_sub:
+                    items.append("</ol>")
+                    open_sub = False
+                items.append(("</li>" if items else "") + f'<li><a href="#{slug}">{html.escape(text, quote=False)}</a>')
+            else:
+                if not open_sub:
+                    items.append("<ol>")
+                    open_sub = True
+                items.append(f'<li><a href="#{slug}">{html.escape(text, quote=False)}</a></li>')
+        items.append(("</ol>" if open_sub else "") + "</li>")
+        nav = '<nav class="toc" aria-label="Contents"><strong>Contents</strong><ol>' + "".join(items) + "</ol></nav>\n"
+    # the contents go right below the title (the first heading), before the text
+    cut = body.find("</h1>")
+    body = body[: cut + 5] + "\n" + nav + body[cut + 5 :] if cut >= 0 else nav + body
+    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{CSS}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")
+
+
+class _BlockText(HTMLParser):
+    """(kind, plain text) of every heading, paragraph, table cell and list item of a page, and its images' alt
+    texts; the table of contents (<nav>) is the page's own and left out."""
+
+    KINDS = {**{f"h{i}": "heading" for i in range(1, 7)}, "p": "paragraph", "th": "table header",
+             "td": "table cell", "li": "list item"}  # fmt: skip
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[tuple[str, str]] = []
+        self.alts: list[str] = []
+        self._stack: list[list[str]] = []
+        self._nav = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "nav":
+            self._nav += 1
+        elif self._nav:
+            return
+        elif tag in self.KINDS:
+            self._stack.append([])
+        elif tag == "img":
+            alt = dict(attrs).get("alt") or ""
+            self.alts.append(alt)
+            if self._stack:
+                self._stack[-1].append(alt)
+
+    def handle_endtag(self, tag):
+        if tag == "nav":
+            self._nav -= 1
+        elif not self._nav and tag in self.KINDS and self._stack:
+            text = "".join(self._stack.pop())
+            self.blocks.append((self.KINDS[tag], " ".join(text.split())))
+            if self._stack:  # a nested block (a paragraph in a list item) also counts towards its parent
+                self._stack[-1].append(text)
+
+    def handle_data(self, data):
+        if self._stack and not self._nav:
+            self._stack[-1].append(data)
+
+
+def missing_from_page(md_text: str, page: str) -> list[str]:
+    """What report.md says that ``page`` (index.html) does not: each heading, paragraph, table cell, list item and
+    image of the markdown must be a block of the page with the same text. Empty list = nothing missing."""
+    tokens = _markdown_it().parse(md_text)
+    kinds = {"heading_open": "heading", "th_open": "table header", "td_open": "table cell",
+             "list_item_open": "list item", "paragraph_open": "paragraph"}  # fmt: skip
+    want: list[tuple[str, str]] = []
+    alts: list[str] = []
+    stack: list[str | None] = []
+    for t in tokens:
+        if t.nesting == 1:
+            stack.append(kinds.get(t.type))
+        elif t.nesting == -1 and stack:
+            stack.pop()
+        elif t.type == "inline":
+            kind = next((k for k in reversed(stack) if k and k != "paragraph"), "paragraph")
+            want.append((kind, " ".join(_inline_text(t).split())))
+            alts += [c.content for c in t.children or [] if c.type == "image"]
+    parser = _BlockText()
+    parser.feed(page)
+    have = Counter(parser.blocks)
+    missing = []
+    for k, text in want:
+        if have[(k, text)] > 0:
+            have[(k, text)] -= 1
+        else:
+            missing.append(f"{k}: {text[:120]}")
+    have_alts = Counter(parser.alts)
+    for a in alts:
+        if have_alts[a] > 0:
+            have_alts[a] -= 1
+        else:
+            missing.append(f"image: {a}")
+    return missing
+
+
+def run(params, metrics_dir: Path, eval_root: Path, out_dir: Path, studies_dir: Path | None = None,
+        models_root: Path | None = None, self_contained: bool = False) -> dict:
+    """Build reports/ from every metrics/<regime>.json, eval/<regime>/ figures, models/<regime>/live/ learning
+    curves and the studies' tables: report.md first, then index.html rendered from it."""
     metrics = load_metrics(metrics_dir)
     if not metrics:
         # an empty report would look like a finished one; nothing was evaluated
@@ -435,6 +690,8 @@ def run(params, metrics_dir: Path, eval_root: Path, out_dir: Path, studies_dir: 
         _dice_vs_fraction(out, ours, pub)
         shown = _copy_eval_figures(out, eval_root, ours, params.report.n_overlays)
         studies = _studies_section(out, studies_dir) if studies_dir is not None else ""
-        (out / "report.md").write_text(markdown(ours, pub, metrics, shown) + studies)
-        (out / "index.html").write_text(index_html(ours, pub, shown, out))
-    return {"rows": len(ours), "published_rows": len(pub)}
+        curves = _learning_curves(out, models_root, ours) if models_root is not None else {}
+        text = markdown(ours, pub, metrics, shown, studies, curves)
+        (out / "report.md").write_text(text)
+        (out / "index.html").write_text(render_html(text, out, self_contained=self_contained))
+    return {"rows": len(ours), "published_rows": len(pub), "learning_curves": len(curves)}

@@ -23,7 +23,13 @@ rule eval:
         "pipeline_src/evaluate/multiclass.py",
         "pipeline_src/evaluate/plots.py",
     output:
-        directory("eval/{regime}"),
+        report(
+            directory("eval/{regime}"),
+            patterns=["overlays/{sample}.png", "{figure,[^/]+}.png"],
+            caption="../report/eval.rst",
+            category="Samples",
+            subcategory="{regime}",
+        ),
         "metrics/{regime}.json",
     log:
         "logs/eval/{regime}.log",

@@ -7,7 +7,13 @@ rule study:
         SHARED_CODE,
         "pipeline_src/evaluate/study.py",
     output:
-        directory("studies/{study}"),
+        report(
+            directory("studies/{study}"),
+            patterns=["{name}.png"],
+            caption="../report/study.rst",
+            category="Studies",
+            subcategory="{study}",
+        ),
         "studies/{study}.json",
     log:
         "logs/study/{study}.log",
@@ -26,6 +32,8 @@ rule report:
         expand("eval/{regime}", regime=REGIMES),
         expand("studies/{study}", study=STUDIES),
         expand("studies/{study}.json", study=STUDIES),
+        # each run's DVCLive log (models/<run>/live/): the learning curves
+        expand("models/{regime}", regime=REGIMES),
         SHARED_CODE,
         "pipeline_src/labels/text_parser.py",
         "pipeline_src/models/metrics.py",
@@ -38,7 +46,23 @@ rule report:
         "pipeline_src/evaluate/plots.py",
         # multiclass.py restacks volumes with data/volumes.py, which imports these
     output:
-        directory("reports"),
+        # the studies' tables and verdicts (one self-contained page each), the learning curves, Dice vs fraction
+        report(
+            directory("reports"),
+            patterns=[
+                "studies/{study}.html",
+                "curves/{run}.png",
+                "{figure,[^/]+}.png",
+            ],
+            caption="../report/report.rst",
+            # which pattern matched is which wildcard the file has
+            category=lambda w: (
+                "Studies"
+                if "study" in w.keys()
+                else "Learning curves" if "run" in w.keys() else "Summary"
+            ),
+            subcategory=lambda w: w.get("study") or w.get("run") or "all datasets",
+        ),
     log:
         "logs/report.log",
     conda:
