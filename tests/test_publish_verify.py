@@ -78,3 +78,27 @@ def test_verify_from_a_folder_whose_commit_main_lacks_says_so(published, tmp_pat
     assert res.returncode == 2, res.stdout + res.stderr
     assert "a192471fd1e8 is not in main" in res.stderr and "re-publish" in res.stderr, res.stderr
     assert yaml.safe_load((folder / "params.yaml").read_text())["base"]["cpu_numerics"] == "portable"
+
+
+@pytest.mark.parametrize("recorded", ["portable", "native"])
+def test_verify_from_says_which_comparison_for_a_result_from_another_cpu_kind(published, tmp_path, recorded):
+    """One machine cannot stand in for another: the recorded CPU kind is rewritten, so verify takes the path it
+    takes on another machine (portable: the bits, without the provenance's CPU name; native: the metrics within
+    the tolerance)."""
+    folder = tmp_path / "other-cpu"
+    run(["cp", "-r", str(published / DEST), str(folder)], tmp_path)
+    m = folder / "metrics" / f"{RUN}.json"
+    doc = json.loads(m.read_text())
+    doc["provenance"]["cpu"] = "GenuineIntel family 6 model 85 (Intel Xeon), x86_64, avx512"
+    if recorded == "native":
+        # recorded as if a user's own ONEDNN_MAX_CPU_ISA had won over portable's: a native result (the params, hence
+        # dvc.lock, stay as recorded; only the comparison changes)
+        doc["provenance"]["numerics"]["caps"]["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE"
+    m.write_text(json.dumps(doc))
+    res = run([tool("medref"), "verify", "--from", str(folder), RUN], published, check=False)
+    out = res.stdout + res.stderr
+    if recorded == "portable":
+        assert res.returncode == 0 and "comparison: bits-portable" in out and "model.pt sha256" in out, out[-4000:]
+    else:
+        assert res.returncode == 0 and "comparison: metrics-native" in out, out[-4000:]
+        assert "compared metrics within 0.02" in out, out[-4000:]
