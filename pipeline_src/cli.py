@@ -35,7 +35,7 @@ from pipeline_src import paths
 DEFAULT_PARAMS = "params.yaml"
 # Arguments that name files or folders: made absolute before medref moves to the repository root.
 PATH_ARGS = ("params", "out", "raw", "shards", "labels", "split", "run_dir", "model", "eval_dir", "metrics",
-             "eval_root", "texts_file", "summary", "texts_csv", "studies")
+             "eval_root", "texts_file", "summary", "texts_csv", "studies", "from_folder")
 
 
 def _params_file(args: argparse.Namespace) -> Path:
@@ -43,9 +43,11 @@ def _params_file(args: argparse.Namespace) -> Path:
 
 
 def _params(args: argparse.Namespace):
-    from pipeline_src import params
+    from pipeline_src import numerics, params
 
-    return params.load(_params_file(args))
+    p = params.load(_params_file(args))
+    numerics.require(p.base.cpu_numerics)  # the mode it will record is the one its kernels run (numerics.py)
+    return p
 
 
 def _move_to_repo_root(args: argparse.Namespace) -> None:
@@ -225,7 +227,9 @@ def cmd_regions(args: argparse.Namespace) -> None:
 def cmd_verify(args: argparse.Namespace) -> None:
     from pipeline_src import verify
 
-    if not verify.verify(args.regime, keep=args.keep):
+    ok = (verify.verify_from(Path(args.from_folder), args.regime, keep=args.keep) if args.from_folder
+          else verify.verify(args.regime, keep=args.keep))
+    if not ok:
         raise SystemExit(1)
 
 
@@ -338,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("verify", cmd_verify, "Re-run a regime's chain from scratch and check every hash against dvc.lock.")
     sp.add_argument("regime")
     sp.add_argument("--keep", action="store_true", help="keep the scratch clone for inspection")
+    sp.add_argument("--from", dest="from_folder", metavar="FOLDER",
+                    help="a published study folder (docs/results/<study>): re-run this row of it at a commit of main")
 
     sp = add("provenance", cmd_provenance, "Print the provenance blocks of a regime's model and metrics.")
     sp.add_argument("regime")
@@ -370,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     here = os.getcwd()
     try:
         _move_to_repo_root(args)
+        if getattr(args, "params", None):
+            # pipeline_src's import read the mode from the repository's params.yaml; --params names another file,
+            # and torch is not imported yet (handlers import it), so its mode can still take effect
+            from pipeline_src import numerics
+
+            numerics.configure(*numerics.resolve(Path(args.params)))
         args.fn(args)
     except MedrefError as e:
         print(f"medref {args.command}: error: {e}", file=sys.stderr)

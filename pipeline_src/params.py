@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from pipeline_src import numerics
 from pipeline_src.data.params import DatasetParams, PreprocessParams, SplitParams
 from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate.params import EvalParams, ReportParams
@@ -41,6 +42,10 @@ class BaseParams(BaseModel):
     # changes the summation order, hence the weights' bits: pinning it makes DVC (which leaves
     # OMP_NUM_THREADS alone) and Snakemake (which sets it to the rule's threads) agree bit for bit.
     cpu_threads: int = Field(2, ge=1)
+    # CPU kernels: "native" (the CPU's widest ISA: bits reproduce on the same CPU kind only) or "portable" (oneDNN,
+    # ATen and oneMKL capped at AVX2: the same bits on any x86-64 CPU). Tracked: it changes the bits. It must act
+    # before torch loads, so pipeline_src/numerics.py reads it from params.yaml at import; see there.
+    cpu_numerics: Literal["native", "portable"] = numerics.DEFAULT
 
 
 def _known_method(v: str) -> str:

@@ -74,6 +74,15 @@ def cpu_hint(recorded: str | None) -> str:
             "CPU kind, so compare the numbers, or re-check on that kind of CPU)")
 
 
+def cpu_record() -> dict[str, Any]:
+    """What a CPU float result records about the machine's numerics: the CPU kind and the numerics in force (mode,
+    ISA caps, threads; pipeline_src/numerics.py). A portable result is bit-identical on any x86-64 CPU; a native
+    one only on the same CPU kind (``medref verify`` picks its comparison from this)."""
+    from pipeline_src import numerics
+
+    return {"cpu": cpu_model(), "numerics": numerics.in_force()}
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in VERSIONED:

@@ -60,7 +60,7 @@ STAGE_ENTRY = {
     "report": "cmd_report",
 }
 
-BASE = {f"{PKG}/__init__.py", f"{PKG}/errors.py", f"{PKG}/paths.py", f"{PKG}/provenance.py"}
+BASE = {f"{PKG}/__init__.py", f"{PKG}/numerics.py", f"{PKG}/errors.py", f"{PKG}/paths.py", f"{PKG}/provenance.py"}
 COMPOSER = f"{PKG}/params.py"
 TOP = {f"{PKG}/cli.py", f"{PKG}/verify.py"}
 # Which phases each phase may import (besides itself, the base and the params composer).

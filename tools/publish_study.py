@@ -5,8 +5,11 @@
 A committed result must come out of pipeline stages and be re-checkable from hashes, so this copies only what
 `dvc repro study@<study>` wrote (studies/<study>/, studies/<study>.json, the study's metrics/<run>.json) together
 with the exact inputs of that run: params.yaml, workflow/grid.yaml and dvc.lock (every stage's command, params
-and dep/out md5s). PROVENANCE.md says which commit ran it and how to re-check any row with `medref verify`.
-It refuses a repo whose tracked files differ from its commit, or whose `dvc status` says the study is stale.
+and dep/out md5s). PROVENANCE.md says which commit ran it, in which CPU numerics mode, and that one command
+re-checks any row: `medref verify --from <dest> <run>` (publish.json holds the same facts for it to read).
+It refuses a repo whose tracked files differ from its commit, whose `dvc status` says the study is stale, or
+whose commit is not in main (`git merge-base --is-ancestor <commit> main`): a committed result must name a
+commit anyone can check out from a clone of medref.
 """
 
 from __future__ import annotations
@@ -43,15 +46,25 @@ def main() -> None:
     ap.add_argument("dest", type=Path, help="e.g. docs/results/qata-real")
     ap.add_argument("--log", type=Path, help="the driver log with per-run wall times (optional)")
     ap.add_argument("--note", default="", help="one paragraph: what this study is and how it was sized")
+    ap.add_argument("--main", default="main", help="the branch the commit must be in (default: main)")
     args = ap.parse_args()
     repo = args.repo.resolve()
+
+    commit = _git(repo, "rev-parse", "HEAD")
+    in_main = subprocess.run(["git", "merge-base", "--is-ancestor", commit, args.main], cwd=repo,
+                             capture_output=True, text=True)
+    if in_main.returncode != 0:
+        sys.exit(f"{repo}: HEAD {commit[:12]} is not in {args.main} ({in_main.stderr.strip() or 'not an ancestor'});"
+                 f" publish only results made at a commit of {args.main}, so anyone can re-check them from a clone")
 
     dirty = [ln for ln in _git(repo, "status", "--porcelain", "--untracked-files=no").splitlines()
              if not ln.endswith("dvc.lock")]
     if dirty:
         sys.exit(f"{repo}: tracked files differ from the commit ({', '.join(dirty)}); commit them first")
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    status = subprocess.run([str(repo / ".venv/bin/dvc"), "status", f"study@{args.study}"], cwd=repo, env=env,
+    dvc = repo / ".venv/bin/dvc"  # the repo's own venv, else the dvc beside this python (a scratch clone has none)
+    dvc = dvc if dvc.exists() else Path(shutil.which("dvc") or Path(sys.executable).with_name("dvc"))
+    status = subprocess.run([str(dvc), "status", f"study@{args.study}"], cwd=repo, env=env,
                             capture_output=True, text=True)
     if status.returncode != 0 or "changed" in status.stdout or "modified" in status.stdout:
         sys.exit(f"{repo}: `dvc status study@{args.study}` is not clean:\n{status.stdout}{status.stderr}")
@@ -72,30 +85,43 @@ def main() -> None:
         for r in runs:
             shutil.copy2(repo / "metrics" / f"{r}.json", tmp / "metrics" / f"{r}.json")
 
-        commit = _git(repo, "rev-parse", "HEAD")
         code_tree = _git(repo, "rev-parse", "HEAD:pipeline_src")
         subject = _git(repo, "log", "-1", "--format=%s")
         times = _wall_times(args.log)
         stage = lock["stages"][f"study@{args.study}"]
+        modes = sorted({str(((json.loads((tmp / "metrics" / f"{r}.json").read_text()).get("provenance") or {})
+                             .get("numerics") or {}).get("mode", "native (not recorded)")) for r in runs})
+        cpus = sorted({str((json.loads((tmp / "metrics" / f"{r}.json").read_text()).get("provenance") or {})
+                           .get("cpu")) for r in runs})
+        (tmp / "publish.json").write_text(json.dumps(
+            {"study": args.study, "commit": commit, "branch": args.main, "code_tree": code_tree,
+             "cpu_numerics": modes, "cpu": cpus}, indent=2, sort_keys=True) + "\n")
         lines = [
             f"# Provenance: study `{args.study}` ({args.dest.name})", "",
             args.note, "",
-            f"- Produced by `dvc repro study@{args.study}` at medref commit `{commit}` (\"{subject}\"); that commit's",
+            f"- Produced by `dvc repro study@{args.study}` at medref commit `{commit}` (\"{subject}\"), which is in",
+            f"  `{args.main}`; that commit's",
             "  params.yaml and workflow/grid.yaml are copied here, and its dvc.lock records every stage's command,",
             "  params and input/output md5s.",
             f"- The code: git tree `{code_tree}` of `pipeline_src/` (`git rev-parse <commit>:pipeline_src` on any",
             "  commit gives the same hash exactly when its code is the same).",
+            f"- CPU numerics: {', '.join(modes)} (`base.cpu_numerics`; portable = the same bits on any x86-64 CPU),"
+            f" on {', '.join(cpus)}.",
             f"- Runs: {len(runs)} ({', '.join(runs)}).",
             "- The study stage's outputs: " + ", ".join(f"`{o['path']}` md5 {o.get('md5')}" for o in stage["outs"]),
             "- Files: `study/` (study.md, table.csv, dice_vs_fraction.csv/.png, as the stage wrote them),",
             "  `study.json` (the stage's metric), `metrics/<run>.json` (each eval stage's metrics with provenance).",
+            "  `publish.json`: the commit, code tree and numerics for `medref verify --from`.",
             "", "## Re-check a row", "",
-            "On a clone of medref (the data must be where params.yaml's datasets say):", "",
+            "On a clone of medref with `make venv` done (the data must be where params.yaml's datasets say), any row:",
+            "",
             "```bash",
-            f"cp {args.dest}/params.yaml params.yaml && .venv/bin/medref grid",
-            f".venv/bin/medref verify {runs[0]}     # re-runs its chain in a scratch copy, compares outputs",
-            f".venv/bin/dvc repro study@{args.study}  # or the whole study (cached runs are not re-run)",
+            f".venv/bin/medref verify --from {args.dest} {runs[0]}",
             "```", "",
+            "It re-runs that row's chain in a scratch clone at this commit (a commit of main), with the params.yaml",
+            "and grid.yaml copied here, and compares with dvc.lock and `metrics/<run>.json` here: bit for bit for a",
+            "portable result (or on the same CPU kind as the one named above), the metrics",
+            "within the stated tolerance for a native result on another CPU kind. It prints which.", "",
         ]
         if times:
             total = sum(t for _, t, _ in times)

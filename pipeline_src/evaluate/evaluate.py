@@ -425,8 +425,8 @@ def _provenance(params, regime: str, model_dir: Path, shards_dir: Path, labels_f
         tp = json.loads(train_prov.read_text())
         # what trained the model: its commit, params, data (split) and pretrained weights digests
         extra["train"] = {k: tp.get(k) for k in ("git", "params_digest", "inputs", "weights")}
-    if str(device).startswith("cpu"):  # CPU metrics are bit-identical only on the same CPU kind
-        extra["cpu"] = provenance.cpu_model()
+    if str(device).startswith("cpu"):  # CPU metrics: bit-identical on the same CPU kind, or any x86-64 (portable)
+        extra.update(provenance.cpu_record())
     return provenance.block(
         raw,
         keys,

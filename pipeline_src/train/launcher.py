@@ -154,6 +154,18 @@ def executor_parameters(settings: SlurmSettings, regime: str) -> dict[str, Any]:
     return p
 
 
+def job_parameters(settings: SlurmSettings, regime: str) -> dict[str, Any]:
+    """:func:`executor_parameters` plus this process's CPU numerics (base.cpu_numerics and any ISA variable the
+    user set) as ``export`` lines at the top of the sbatch script: they are in the job's environment before its
+    python starts, whatever sbatch's ``--export`` passes; the cluster config's own ``setup:`` lines come after
+    them and can still change them. The job's import of pipeline_src then applies the mode (numerics.py)."""
+    from pipeline_src import numerics
+
+    p = executor_parameters(settings, regime)
+    p["slurm_setup"] = numerics.slurm_setup() + list(p.get("slurm_setup", []))
+    return p
+
+
 # ---- the training call -----------------------------------------------------------------
 
 
@@ -227,6 +239,9 @@ class TrainJob(submitit.helpers.Checkpointable):
                     " resubmit so the result matches the params"
                 )
             p = params_mod.load(params_file)
+            from pipeline_src import numerics
+
+            numerics.require(p.base.cpu_numerics)  # the job runs the mode its params record (set before torch)
             paths = {name: Path(v) for name, v in k["paths"].items()}
             return _call_train(k["target"], p, k["regime"], paths, k["resume"])
 
@@ -311,7 +326,7 @@ class SlurmLauncher:
             target=target or TRAIN_TARGET,
         )
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=self.settings.max_num_timeout)
-        ex.update_parameters(**executor_parameters(self.settings, regime))
+        ex.update_parameters(**job_parameters(self.settings, regime))
         try:
             job = ex.submit(job_fn)
         except Exception as e:  # sbatch missing/refused: the message says why

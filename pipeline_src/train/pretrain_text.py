@@ -148,8 +148,8 @@ def run(params, dataset: str, shards_dir: Path, out_dir: Path) -> Path:
         raw = params.model_dump(mode="json")
         inputs_ = {"shards": shards_dir, **({"vocab": Path(cfg.vocab)} if cfg.vocab else {})}
         write_json(tmp / PROVENANCE, {
-            **provenance.block(raw, ["base.cpu_threads", "pretrain_text"], inputs_),
-            "cpu": provenance.cpu_model(),  # CPU weights are bit-identical only on the same CPU kind
+            **provenance.block(raw, ["base.cpu_threads", "base.cpu_numerics", "pretrain_text"], inputs_),
+            **provenance.cpu_record(),  # CPU weights: bit-identical on the same CPU kind, or any x86-64 (portable)
             "dataset": dataset, "n_texts": len(texts), "vocab_size": len(vocab),
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             # about 50 points: enough for a curve, small enough to read

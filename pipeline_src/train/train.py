@@ -518,8 +518,8 @@ def _provenance(params, regime, shards_dir, labels_file, split_file, steps: int,
     block = provenance.block(raw, ["base", "train", f"regimes.{regime}"],
                              {"shards": shards_dir, "labels": labels_file, "split": split_file})
     block["steps"] = steps
-    if device == "cpu":  # CPU weights are bit-identical only on the same CPU kind
-        block["cpu"] = provenance.cpu_model()
+    if device == "cpu":  # CPU weights: bit-identical on the same CPU kind (native), or any x86-64 (portable)
+        block.update(provenance.cpu_record())
     return block
 
 

@@ -39,7 +39,8 @@ SHARED_CODE = [
     "pipeline_src/evaluate/params.py",
     "pipeline_src/models/params.py",
     "pipeline_src/models/__init__.py",
-    "pipeline_src/__init__.py",  # sets oneMKL's reproducibility mode before torch loads
+    "pipeline_src/__init__.py",  # sets the CPU numerics (pipeline_src/numerics.py) before torch loads
+    "pipeline_src/numerics.py",
     "pipeline_src/errors.py",
     "pipeline_src/paths.py",
     "pipeline_src/utils",

@@ -37,6 +37,7 @@ rule eval:
         "../envs/medref.yaml"
     params:
         cpu_threads=config["base"]["cpu_threads"],
+        cpu_numerics=config["base"]["cpu_numerics"],
         eval=config["eval"],
         run=lambda w: RUNS[w.regime],
     shell:

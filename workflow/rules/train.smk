@@ -57,6 +57,7 @@ rule pretrain_text:
         "../envs/medref.yaml"
     params:
         cpu_threads=config["base"]["cpu_threads"],
+        cpu_numerics=config["base"]["cpu_numerics"],
         pretrain_text=config["pretrain_text"],
     shell:
         "medref pretrain_text {wildcards.dataset} > {log} 2>&1"
