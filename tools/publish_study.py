@@ -57,8 +57,11 @@ def main() -> None:
         sys.exit(f"{repo}: HEAD {commit[:12]} is not in {args.main} ({in_main.stderr.strip() or 'not an ancestor'});"
                  f" publish only results made at a commit of {args.main}, so anyone can re-check them from a clone")
 
+    # params.yaml and workflow/grid.yaml may differ from the commit: a study is the code of a commit of main run
+    # with its own params (the real data, its grid), and both files are copied into the result, which is what
+    # `medref verify --from` re-runs with. Any other difference is code that no commit of main holds.
     dirty = [ln for ln in _git(repo, "status", "--porcelain", "--untracked-files=no").splitlines()
-             if not ln.endswith("dvc.lock")]
+             if not ln.endswith(("dvc.lock", "params.yaml", "workflow/grid.yaml"))]
     if dirty:
         sys.exit(f"{repo}: tracked files differ from the commit ({', '.join(dirty)}); commit them first")
     env = {**os.environ, "PYTHONPATH": str(repo)}
