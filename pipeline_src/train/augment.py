@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.nn.functional as F
 
 from pipeline_src.labels.text_parser import flip_regions, flip_text, parse
 
