@@ -34,9 +34,6 @@ rule all:
     input:
         expand("metrics/{regime}.json", regime=REGIMES),
         expand("studies/{study}.json", study=STUDIES),
-        # DVC's report stage depends on the whole models/ folder (the runs' DVCLive logs; DVC cannot glob), which
-        # holds pretrain_text's towers too: build them here as well, so both engines make the same outputs
-        expand("models/text/{dataset}", dataset=config["pretrain_text"]["datasets"]),
         "reports",
 
 
