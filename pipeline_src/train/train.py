@@ -285,7 +285,7 @@ def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Pa
     """Train ``regime`` and write ``out_dir`` (models/<regime>/). Checks first (``preflight``), then the loop."""
     paths = {"shards_dir": Path(shards_dir), "labels_file": Path(labels_file), "split_file": Path(split_file),
              "run_dir": Path(run_dir)}
-    state = setup(params, regime, resume=resume, **paths)
+    state = setup(params, regime, resume=resume, out_dir=Path(out_dir), **paths)
     fit(state)
     return export(state, params, Path(out_dir))
 
@@ -322,11 +322,12 @@ class RunState:
 
 
 def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_file: Path, run_dir: Path,
-          resume: bool = True) -> RunState:
+          resume: bool = True, out_dir: Path | None = None) -> RunState:
     """Resolve the config, load the data, build model/method/optimiser, and resume from the run folder's checkpoint."""
     from pipeline_src.train.preflight import preflight
 
-    plan = preflight(params, regime, shards_dir=shards_dir, labels_file=labels_file, split_file=split_file)
+    plan = preflight(params, regime, shards_dir=shards_dir, labels_file=labels_file, split_file=split_file,
+                     out_dir=out_dir, run_dir=run_dir)
     cfg = plan.cfg
     torch.set_num_threads(params.base.cpu_threads)  # see base.cpu_threads: bit-identical weights across engines
     seed = params.base.seed + params.regime(regime).seed  # a study's seed axis: base.seed + 0, 1, 2, ...

@@ -220,16 +220,20 @@ def _check_place(path: Path, *, folder: bool) -> None:
 
 
 def check_writable(path: str | Path, *, rerun: str | None = None) -> None:
-    """Fail now, before hours of work, if ``path`` (a file or folder output, made or not) could not be written:
-    a dangling symlink or a file on the way, a read-only filesystem, no permission. Creates and removes one empty
-    temp file in the nearest existing folder; creates nothing else."""
+    """Fail now, before hours of work, if the atomic writers could not write ``path`` (a file or folder output,
+    made or not): a dangling symlink or a file on the way, a read-only filesystem, no permission. Creates and
+    removes one empty temp file where the writers would put theirs (beside ``path``; inside it too when it is a
+    folder, for what a run writes there); creates nothing else."""
     path = Path(path)
-    _check_place(path, folder=path.is_dir() or not path.exists())
-    where = _existing_ancestor(path if path.is_dir() else path.parent)
+    if path.is_symlink() and path.is_dir():
+        path = path.resolve()
+    _check_place(path, folder=not path.is_file())
+    places = [_existing_ancestor(path.parent), *([path] if path.is_dir() else [])]
     with output_errors(path, rerun=rerun):
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=where)
-        os.close(fd)
-        os.unlink(tmp)
+        for where in places:
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=where)
+            os.close(fd)
+            os.unlink(tmp)
 
 
 def _begin(path: Path, *, folder: bool = False) -> str:
