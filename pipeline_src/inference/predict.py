@@ -328,11 +328,12 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
         torch.set_num_threads(prm.base.cpu_threads)
     if exported is None:
         predictor = load_predictor(model_dir, device=dev, bf16=dev.startswith("cuda"))
+    check_texts(items, predictor.uses_text, texts_file)
+    if exported is None:
         own = model_dir.resolve() == paths.model_dir(regime).resolve()  # the regime's own folder: eval's card applies
         print(f"[predict] {where(model_dir, paths.eval_dir(regime) if own else None)}", file=sys.stderr)
     else:
         print(f"[predict] exported model {exported}, checked against {sidecar_of(exported)}", file=sys.stderr)
-    check_texts(items, predictor.uses_text, texts_file)
     region_params = _region_params(params_file)
     bs = batch_size or int(ep.get("batch_size", 32))
     threshold, min_size = ep["threshold"], int(ep.get("min_component_size", 0))
