@@ -35,7 +35,7 @@ from pipeline_src.data import layouts, synthetic
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import (
     atomic_dir,
-    disk_full_is_error,
+    output_errors,
     scratch_beside,
     sha256_file,
     sha256_json,
@@ -273,15 +273,12 @@ def _space_needed(kind_src: str, path: Path | None) -> int:
     return 0
 
 
-def _disk_full(out_dir: Path, dataset: str, kind_src: str, path: Path | None):
-    def message(e: OSError) -> str:
-        need = _space_needed(kind_src, path)
-        size = f"about {need / 2**20:.0f} MiB free" if need else "more free space"
-        return (f"{out_dir.parent.resolve()}: disk full while writing {out_dir.name} ({e.strerror}); nothing was "
-                f"written. `medref download` needs {size} there (extracted archive + normalised copy): free it "
-                f"(`df -h {out_dir.parent}`) and re-run `medref download {dataset}`")
-
-    return disk_full_is_error(message)
+def _output_errors(out_dir: Path, dataset: str, kind_src: str, path: Path | None):
+    """A full disk, a read-only or unwritable folder, a file or dangling link in the way: one error naming
+    ``out_dir`` (io.output_errors); on a full disk it says the space the download needs (extracted archive +
+    normalised copy)."""
+    return output_errors(out_dir, rerun=f"`medref download {dataset}`",
+                         need_bytes=lambda: _space_needed(kind_src, path))
 
 
 def run(params, dataset: str, out_dir: Path) -> Path:
@@ -292,8 +289,7 @@ def run(params, dataset: str, out_dir: Path) -> Path:
     if _up_to_date(out_dir, source_digest):
         _log(f"{out_dir} is up to date with {dp.source} (checksums match); nothing to do")
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _disk_full(out_dir, dataset, kind_src, path):
+    with _output_errors(out_dir, dataset, kind_src, path):
         if dp.kind == "volumes":
             return _run_volumes(dp, dataset, kind_src, path, source_digest, out_dir)
         pairs = _run_pairs(dp, dataset, kind_src, path, source_digest, out_dir)

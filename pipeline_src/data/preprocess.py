@@ -31,7 +31,7 @@ from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
 from pipeline_src.data.layouts import SPLITS
 from pipeline_src.data.shards import SplitWriter, schema
 from pipeline_src.errors import MedrefError
-from pipeline_src.utils.io import atomic_dir, disk_full_is_error, sha256_file, sha256_json, write_json
+from pipeline_src.utils.io import atomic_dir, output_errors, sha256_file, sha256_json, write_json
 
 # Mask pixels in this grey band are neither clearly background nor lesion.
 AMBIGUOUS_LO, AMBIGUOUS_HI = 32, 223
@@ -119,11 +119,9 @@ def _chunk_table(recs: list[tuple[dict, tuple]], sch: pa.Schema, size: int) -> p
     return pa.Table.from_pydict(cols, schema=sch)
 
 
-def _disk_full(out_dir: Path, dataset: str, est_bytes: int):
-    return disk_full_is_error(lambda e: (
-        f"{out_dir}: disk full while writing the shards ({e}); nothing was written (the partial temp dir beside "
-        f"it was removed). Free at least ~{est_bytes / 2**20:.0f} MiB on that filesystem (`df -h "
-        f"{out_dir.parent}`) and re-run `medref preprocess {dataset}` (or `dvc repro preprocess@{dataset}`)"))
+def _output_errors(out_dir: Path, dataset: str, est_bytes: int):
+    return output_errors(out_dir, rerun=f"`medref preprocess {dataset}` (or `dvc repro preprocess@{dataset}`)",
+                         need_bytes=est_bytes)
 
 
 def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
@@ -147,7 +145,7 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
     problems: list[dict] = []
     splits_out: dict[str, dict] = {}
     rule = intensity_rule(pp)
-    with _disk_full(out_dir, dataset, len(rows) * (size * size * 9 // 8)), atomic_dir(out_dir) as tmp, \
+    with _output_errors(out_dir, dataset, len(rows) * (size * size * 9 // 8)), atomic_dir(out_dir) as tmp, \
             ThreadPoolExecutor(max_workers=2) as pool:
         bar = tqdm(total=len(rows), desc=f"preprocess {dataset}", disable=len(rows) < 2000)
         for split in SPLITS:

@@ -12,6 +12,7 @@ contiguous Arrow buffer that numpy views without a copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -101,7 +102,15 @@ class SplitWriter:
                 self.shards.append({"path": path, "rows": 0})
                 self.part_rows = 0
             take = table.slice(0, self.per_part - self.part_rows)
-            self.writer.write_table(take, row_group_size=self.row_group_size)
+            try:
+                self.writer.write_table(take, row_group_size=self.row_group_size)
+            except BaseException:
+                # a full disk: close the part file now, not when the error is collected (its open handle keeps the
+                # deleted temp's space, and the filesystem busy); the write's own error is the one raised
+                with contextlib.suppress(Exception):
+                    self.writer.close()
+                self.writer = None
+                raise
             self.part_rows += take.num_rows
             self.shards[-1]["rows"] += take.num_rows
             table = table.slice(take.num_rows)

@@ -8,7 +8,9 @@ The exported graph takes ``images`` float32 [B,1,H,W] in [0,1] (the grey image /
 int64 [B,L] (the sidecar's tokenizer and ``context_length``), and returns ``probs`` [B,C,H,W] (sigmoid for
 C = 1, softmax otherwise). The mask is ``probs > threshold`` with the sidecar's eval ``threshold`` (and
 ``min_component_size``), what ``medref predict`` writes. The batch axis is dynamic; H and W are the training
-size. Both files are written atomically.
+size. Both files are written atomically. The sidecar is sealed: it carries ``file_sha256`` (the exported file's
+digest) and ``sidecar_sha256`` (its own), which ``medref predict <file>`` and ``exported.load_exported`` check, so
+an edited sidecar or a replaced file is refused. ``--out`` inside a DVC-tracked output is refused.
 
 ONNX: exported with TorchScript-based ``torch.onnx.export`` (``dynamo=False``), opset 17; the CLIP text tower
 (open_clip's TextTransformer: argmax pooling at the end-of-text token, causal mask) exports and runs under
@@ -57,6 +59,7 @@ def sidecar(predictor, model_dir: Path, fmt: str, size: int, rule, eval_params: 
             "context_length": int(cfg_model.get("context_length") or predictor.model_config.context_length),
             "pad_id": 0,
             "truncation": "to context_length, the end-of-text token kept last",
+            "weights": weights,  # the tower's source: medref's loader rebuilds the tokenizer from it
         }
     return {
         "format": fmt,
@@ -85,13 +88,16 @@ def run(target: str, fmt: str, out: Path, params_file: Path | None = None) -> di
     """Export ``target`` (a regime or model folder) to ``out`` and ``out`` + ``.json``; returns the sidecar."""
     import torch
 
+    from pipeline_src.inference.exported import seal, sidecar_of
+    from pipeline_src.inference.outputs import refuse_dvc_output
     from pipeline_src.inference.predict import eval_settings, input_spec, resolve_model
     from pipeline_src.inference.predictor import load_predictor
-    from pipeline_src.utils.io import atomic_file, write_json
+    from pipeline_src.utils.io import atomic_file, sha256_bytes, write_json
 
     if fmt not in ("torchscript", "onnx"):
         raise MedrefError(f"--format {fmt}: known formats are torchscript and onnx")
     out = Path(out)
+    refuse_dvc_output(out)
     model_dir = resolve_model(target)
     predictor = load_predictor(model_dir, device="cpu")
     size, rule = input_spec(predictor.config, model_dir, params_file)
@@ -117,9 +123,12 @@ def run(target: str, fmt: str, out: Path, params_file: Path | None = None) -> di
             except Exception as e:  # the exporter raises many types; all mean "this graph does not export"
                 raise MedrefError(f"{model_dir}: ONNX export failed ({type(e).__name__}: "
                                   f"{' '.join(str(e).split())[:400]}); use --format torchscript") from e
+    data = buf.getvalue()
+    # sealed: the sidecar carries the file's sha256 and its own, which predict and load_exported check
+    meta = seal(meta, sha256_bytes(data))
     with atomic_file(out, "wb") as f:
-        f.write(buf.getvalue())
-    write_json(Path(f"{out}.json"), meta)
+        f.write(data)
+    write_json(sidecar_of(out), meta)
     print(f"[export] {model_dir} -> {out} ({fmt}, {len(buf.getvalue()) / 2**20:.1f} MiB) + {out}.json")
     return meta
 

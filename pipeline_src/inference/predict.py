@@ -4,7 +4,9 @@
     medref predict models/qata_10pct --images a.png b.dcm --text "Unilateral pulmonary infection, one infected area, lower left lung." --out pred/ --probs --overlay --tta flip
 
 Not a pipeline stage: it reads a model folder (``models/<regime>`` or any copy of one, e.g. pulled with
-``dvc pull models/<regime>``) and images, and writes ``--out`` atomically (a failure leaves nothing there):
+``dvc pull models/<regime>``), or an exported file with its sealed sidecar (``medref export``; refused when either
+was changed after export, ``pipeline_src/inference/exported.py``), and images, and writes ``--out`` atomically (a
+failure leaves nothing there; ``--out`` inside a DVC-tracked output such as ``models/<regime>/`` is refused):
 
   masks/mask_<stem>.png     {0,255} at the image's own size (the model-size mask, nearest-resized back)
   probs/prob_<stem>.png     with --probs: 16-bit probability map (value / 65535), bilinear-resized back
@@ -281,18 +283,31 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     if batch_size is not None and batch_size < 1:
         raise MedrefError(f"--batch-size {batch_size}: must be at least 1")
     out_dir = Path(out_dir)
-    model_dir = resolve_model(target)
+    from pipeline_src.inference.exported import SUFFIXES, load_exported, sidecar_of
+
+    # an exported file (`medref export`): its sealed sidecar is checked before anything else is read
+    exported = Path(target) if Path(target).is_file() and Path(target).suffix in SUFFIXES else None
+    model_dir = exported if exported is not None else resolve_model(target)
     files = collect_images(images)
     ids = _ids(files)
     _check_out(out_dir, files, texts_file)
+    from pipeline_src.inference.outputs import refuse_dvc_output
+
+    refuse_dvc_output(out_dir)
     items = [Item(i, f, t) for i, f, t in zip(ids, files, texts_for(files, text, texts_file), strict=True)]
-    config_file = model_dir / "config.json"
-    try:
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    except ValueError as e:
-        raise MedrefError(f"{config_file}: not valid JSON ({e}); restore it with `dvc checkout {model_dir}`") from e
-    regime = config.get("regime") or model_dir.name
-    ep, ep_source = eval_settings(model_dir, regime, params_file)
+    if exported is not None:
+        predictor = load_exported(exported)  # CPU: TorchScript or onnxruntime, as the export was checked
+        config = predictor.config
+        regime = config.get("regime") or exported.stem
+        ep, ep_source = predictor.eval_params, f"{sidecar_of(exported)} (export)"
+    else:
+        config_file = model_dir / "config.json"
+        try:
+            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        except ValueError as e:
+            raise MedrefError(f"{config_file}: not valid JSON ({e}); restore it with `dvc checkout {model_dir}`") from e
+        regime = config.get("regime") or model_dir.name
+        ep, ep_source = eval_settings(model_dir, regime, params_file)
     if threshold is not None:
         ep, ep_source = {**ep, "threshold": threshold}, "--threshold"
     size, rule = input_spec(config, model_dir, params_file)
@@ -306,15 +321,19 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     from pipeline_src.labels.mask_regions import mask_to_regions
     from pipeline_src.utils.io import atomic_dir, write_json
 
-    dev = _pick_device(device)
+    dev = "cpu" if exported is not None else _pick_device(device)
     if dev == "cpu" and (prm := project_params(params_file)) is not None:
         # eval's thread count (base.cpu_threads): on CPU the thread count can change the float bits, and an
         # image of the eval split must get eval's mask
         torch.set_num_threads(prm.base.cpu_threads)
-    predictor = load_predictor(model_dir, device=dev, bf16=dev.startswith("cuda"))
+    if exported is None:
+        predictor = load_predictor(model_dir, device=dev, bf16=dev.startswith("cuda"))
     check_texts(items, predictor.uses_text, texts_file)
-    own = model_dir.resolve() == paths.model_dir(regime).resolve()  # the regime's own folder: eval's card applies
-    print(f"[predict] {where(model_dir, paths.eval_dir(regime) if own else None)}", file=sys.stderr)
+    if exported is None:
+        own = model_dir.resolve() == paths.model_dir(regime).resolve()  # the regime's own folder: eval's card applies
+        print(f"[predict] {where(model_dir, paths.eval_dir(regime) if own else None)}", file=sys.stderr)
+    else:
+        print(f"[predict] exported model {exported}, checked against {sidecar_of(exported)}", file=sys.stderr)
     region_params = _region_params(params_file)
     bs = batch_size or int(ep.get("batch_size", 32))
     threshold, min_size = ep["threshold"], int(ep.get("min_component_size", 0))

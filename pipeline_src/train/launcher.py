@@ -277,7 +277,7 @@ def launch(
         from pipeline_src.train.preflight import preflight
 
         preflight(params, regime, shards_dir=Path(shards_dir), labels_file=Path(labels_file),
-                  split_file=Path(split_file), params_file=params_file)
+                  split_file=Path(split_file), params_file=params_file, out_dir=Path(out_dir), run_dir=Path(run_dir))
     paths = dict(
         shards_dir=Path(shards_dir),
         labels_file=Path(labels_file),

@@ -14,7 +14,10 @@ the caller's machine instead of minutes later inside a queued GPU job:
 - the split file exists and was written for THIS regime's fraction, split seed and shards (a split file from
   another fraction or from shards since rebuilt would silently train on the wrong labelled set);
 - the pseudo-label file exists;
-- the labelled set fills one batch, unless ``train.small_labelled: cap``.
+- the labelled set fills one batch, unless ``train.small_labelled: cap``;
+- ``--out`` (models/<regime>) and ``--run-dir`` (runs/<regime>) can be written: no dangling symlink or file in
+  the way, not a read-only filesystem, not a folder without write permission (``io.check_writable``), so a run
+  does not find out at export, after the whole training.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class Plan:
 
 
 def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split_file: Path,
-              params_file: Path | str | None = None) -> Plan:
+              params_file: Path | str | None = None, out_dir: Path | None = None,
+              run_dir: Path | None = None) -> Plan:
     """Check the run and return what to train; raise one MedrefError naming the file or key otherwise."""
     from pipeline_src.train.methods import METHODS
 
@@ -105,6 +109,11 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
                 f"stale; re-run `medref split {r.split}` (or `dvc repro split@{r.split}`)")
     if not labels_file.is_file():
         raise MedrefError(f"{labels_file}: pseudo-label file not found (run `medref pseudolabel {r.dataset}` first)")
+    from pipeline_src.utils.io import check_writable
+
+    for out in (run_dir, out_dir):
+        if out is not None:
+            check_writable(out, rerun=f"`medref train {regime}`")
     return Plan(regime, r.method, cfg.model_copy(update={"model": model}), split, n_classes)
 
 

@@ -40,7 +40,7 @@ from pipeline_src.models.weights import record as weights_record
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.train import model_card
 from pipeline_src.train.methods import METHODS
-from pipeline_src.utils.io import atomic_dir, disk_full_is_error, sha256_file, sha256_json, write_json
+from pipeline_src.utils.io import atomic_dir, output_errors, sha256_file, sha256_json, write_json
 
 # Keys that do not change the result: a checkpoint written under other values still resumes.
 NON_RESULT_KEYS = ("max_steps", "checkpoint_every", "val_max", "compile", "device", "small_labelled")
@@ -285,7 +285,7 @@ def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Pa
     """Train ``regime`` and write ``out_dir`` (models/<regime>/). Checks first (``preflight``), then the loop."""
     paths = {"shards_dir": Path(shards_dir), "labels_file": Path(labels_file), "split_file": Path(split_file),
              "run_dir": Path(run_dir)}
-    state = setup(params, regime, resume=resume, **paths)
+    state = setup(params, regime, resume=resume, out_dir=Path(out_dir), **paths)
     fit(state)
     return export(state, params, Path(out_dir))
 
@@ -322,11 +322,12 @@ class RunState:
 
 
 def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_file: Path, run_dir: Path,
-          resume: bool = True) -> RunState:
+          resume: bool = True, out_dir: Path | None = None) -> RunState:
     """Resolve the config, load the data, build model/method/optimiser, and resume from the run folder's checkpoint."""
     from pipeline_src.train.preflight import preflight
 
-    plan = preflight(params, regime, shards_dir=shards_dir, labels_file=labels_file, split_file=split_file)
+    plan = preflight(params, regime, shards_dir=shards_dir, labels_file=labels_file, split_file=split_file,
+                     out_dir=out_dir, run_dir=run_dir)
     cfg = plan.cfg
     torch.set_num_threads(params.base.cpu_threads)  # see base.cpu_threads: bit-identical weights across engines
     seed = params.base.seed + params.regime(regime).seed  # a study's seed axis: base.seed + 0, 1, 2, ...
@@ -390,7 +391,7 @@ def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_fil
 
 def save_checkpoint(s: RunState) -> None:
     path = s.paths["run_dir"] / ckpt_io.CHECKPOINT
-    with _disk_full(path, s.regime):
+    with _output_errors(path, s.regime):
         ckpt_io.save_torch({
             "modules": s.method.modules.state_dict(), "optimizer": s.opt.state_dict(), "step": s.step,
             "history": s.history, "acc": s.acc, "rng": ckpt_io.rng_state(), "fingerprint": s.fingerprint,
@@ -474,7 +475,7 @@ def export(s: RunState, params, out_dir: Path) -> Path:
     # How the training images were made: `medref predict` repeats it on a new image (size, intensity rule).
     config["input"] = {"image_size": manifest.get("image_size"), "kind": manifest.get("kind"),
                        **{k: v for k, v in (manifest.get("params") or {}).items() if k.startswith("intensity")}}
-    with _disk_full(out_dir, s.regime), atomic_dir(out_dir) as tmp:
+    with _output_errors(out_dir, s.regime), atomic_dir(out_dir) as tmp:
         sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         ckpt_io.save_torch({"state_dict": sd, "model_config": cfg.model.model_dump(mode="json"),
                             "method": s.method_name, "regime": s.regime}, tmp / "model.pt")
@@ -498,17 +499,8 @@ def weights_digests(model) -> dict[str, str]:
     return {role: e["sha256"] for role, e in weights_record(model).items()}
 
 
-def _disk_full(path: Path, regime: str):
-    def message(e: OSError) -> str:
-        import shutil
-
-        where = Path(path).resolve().parent
-        free = shutil.disk_usage(where).free / 2**20 if where.exists() else float("nan")
-        return (f"{path}: disk full while writing it ({e.strerror}; {free:.0f} MiB free on the filesystem of {where}); "
-                f"nothing partial was left at that path. Free space and re-run `medref train {regime}` (it resumes "
-                "from its last checkpoint)")
-
-    return disk_full_is_error(message)
+def _output_errors(path: Path, regime: str):
+    return output_errors(path, rerun=f"`medref train {regime}` (it resumes from its last checkpoint)")
 
 
 def _provenance(params, regime, shards_dir, labels_file, split_file, steps: int, device: str) -> dict:

@@ -1,0 +1,129 @@
+"""An exported model (``medref export``): its sidecar's digests, and the loader that checks them before use.
+
+    medref export qata_10pct --out qata.onnx                 # qata.onnx + qata.onnx.json (the sidecar)
+    medref predict qata.onnx --images x.png --text "..." --out pred/     # predict checks the sidecar first
+    from pipeline_src.inference.exported import load_exported
+    m = load_exported("qata.onnx")                           # the same checks; m.predict(images, texts)
+
+The sidecar says how to feed the exported file (image size, intensity rule, tokenizer) and how to decide
+(threshold, min_component_size). A sidecar edited by hand (image_size 64 -> 224, threshold 0.5 -> 0.9) or an
+exported file edited or replaced would give other masks than the model's, without a word. So the sidecar carries
+``file_sha256`` (the exported file's digest) and ``sidecar_sha256`` (the digest of the sidecar's own content,
+canonical JSON without this key), and the loader refuses a sidecar or a file that no longer matches, naming which
+and how to get a good pair again (re-export).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline_src.errors import MedrefError
+from pipeline_src.utils.io import sha256_file, sha256_json
+
+SUFFIXES = (".pt", ".onnx")
+
+
+def sidecar_of(exported: str | Path) -> Path:
+    return Path(f"{exported}.json")
+
+
+def seal(meta: dict, file_sha256: str) -> dict:
+    """``meta`` plus the exported file's digest and the digest of the whole sidecar."""
+    body = {k: v for k, v in meta.items() if k != "sidecar_sha256"} | {"file_sha256": file_sha256}
+    return body | {"sidecar_sha256": sha256_json(body)}
+
+
+def is_export(target: str | Path) -> bool:
+    """A file with an export suffix and a sidecar beside it (a model folder or a regime name is not)."""
+    p = Path(target)
+    return p.is_file() and p.suffix in SUFFIXES and sidecar_of(p).is_file()
+
+
+def read_sidecar(exported: str | Path) -> dict:
+    """The sidecar of ``exported``, checked against its own digest and the exported file's; one MedrefError
+    naming the file that does not match otherwise."""
+    exported = Path(exported)
+    side = sidecar_of(exported)
+    again = f"export the model again (`medref export <regime> --format <fmt> --out {exported}`)"
+    if not side.is_file():
+        raise MedrefError(f"{side}: no sidecar beside {exported} (it says how to feed the file); {again}")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MedrefError(f"{side}: not valid JSON ({e}); {again}") from None
+    if not isinstance(meta, dict) or "file_sha256" not in meta or "sidecar_sha256" not in meta:
+        raise MedrefError(f"{side}: carries no file_sha256 / sidecar_sha256 (written before exports were sealed, or "
+                          f"not a medref export sidecar), so neither it nor {exported.name} can be checked; {again}")
+    body = {k: v for k, v in meta.items() if k != "sidecar_sha256"}
+    if sha256_json(body) != meta["sidecar_sha256"]:
+        raise MedrefError(f"{side}: edited after export (its content no longer matches its sidecar_sha256); a changed "
+                          f"image_size, intensity rule or threshold would give other masks than the model's; {again}")
+    digest = sha256_file(exported)
+    if digest != meta["file_sha256"]:
+        raise MedrefError(f"{exported}: modified or replaced after export (sha256 {digest[:12]} != {side.name}'s "
+                          f"file_sha256 {meta['file_sha256'][:12]}); {again}")
+    return meta
+
+
+class ExportedModel:
+    """An exported file run as ``medref predict`` runs a model folder: ``predict(images, texts, tta)`` ->
+    probabilities [B,C,H,W]; ``config`` holds the ``input`` block predict reads, ``eval_params`` the decision."""
+
+    def __init__(self, exported: Path, meta: dict, device: str = "cpu"):
+        import torch
+
+        self.path, self.meta, self.device = exported, meta, device
+        self.method, self.sha256 = meta.get("method"), meta["file_sha256"]
+        inp = meta["input"]
+        self.config = {"regime": meta.get("regime"), "input": {
+            "image_size": int(inp["image_size"]), "intensity": inp["intensity"]["rule"],
+            "intensity_percentiles": list(inp["intensity"]["percentiles"])}}
+        self.eval_params = {"threshold": float(meta["threshold"]),
+                            "min_component_size": int(meta.get("min_component_size", 0))}
+        self.text = meta.get("text")
+        self._tok = None
+        if self.text:
+            from pipeline_src.models.text import build_tokenizer, defines_architecture
+
+            w = self.text.get("weights")
+            self._tok = build_tokenizer(int(self.text["context_length"]), w if defines_architecture(w) else None)
+        if meta["format"] == "torchscript":
+            self._run = torch.jit.load(str(exported), map_location=device).eval()
+        else:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+            names = [i.name for i in sess.get_inputs()]
+            self._run = lambda *feeds: torch.from_numpy(
+                sess.run(["probs"], {n: f.cpu().numpy() for n, f in zip(names, feeds, strict=True)})[0])
+
+    @property
+    def uses_text(self) -> bool:
+        return bool(self.text)
+
+    def _probs(self, images, texts):
+        import torch
+
+        with torch.no_grad():
+            feeds = [images.to(self.device, torch.float32)]
+            if self._tok is not None:
+                feeds.append(self._tok(list(texts)).to(self.device))
+            return self._run(*feeds).float()
+
+    def predict(self, images, texts: list[str], tta: str | None = None):
+        probs = self._probs(images, texts)
+        if tta == "flip":
+            from pipeline_src.labels.text_parser import flip_text
+
+            flipped = [flip_text(t) for t in texts] if self.uses_text else list(texts)
+            probs = (probs + self._probs(images.flip(-1), flipped).flip(-1)) / 2
+        elif tta is not None:
+            raise MedrefError(f"predict: unknown test-time augmentation {tta!r}; known: flip")
+        return probs.cpu()
+
+
+def load_exported(exported: str | Path, device: str = "cpu") -> ExportedModel:
+    """Check the sidecar and the file (``read_sidecar``), then load the file for prediction."""
+    exported = Path(exported)
+    return ExportedModel(exported, read_sidecar(exported), device)
