@@ -24,7 +24,8 @@ this list is refused, naming the mode (``Unsupported``), never guessed:
 Sizes (``Limits``, from ``preprocess.min_image_side`` / ``preprocess.max_megapixels``; predict uses the values
 recorded with the model): an image smaller than ``min_side`` on a side, or larger than ``max_megapixels``, is
 refused with its size and the key, before its pixels are decoded (the header gives the size), so a 10000 x 10000
-file costs no memory and gives no raw ``DecompressionBombWarning``.
+file costs no memory and gives no raw ``DecompressionBombWarning`` (this module turns PIL's own check off, see
+``Image.MAX_IMAGE_PIXELS`` below). The readers' default, ``ANY_SIZE``, keeps the maximum and has no minimum.
 
 Intensity rule (``preprocess.intensity``), applied only to images deeper than 8 bits; 8-bit images are returned as
 they are:
@@ -53,7 +54,6 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -63,10 +63,10 @@ from PIL import Image
 
 Rule = Literal["bits", "minmax", "percentile"]
 
-# The size check below replaces PIL's: it runs on the header's size with the limit from params and names the key.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-# PIL refuses beyond 2 * MAX_IMAGE_PIXELS itself (DecompressionBombError), whatever the params say
-PIL_HARD_LIMIT_MP = 2 * Image.MAX_IMAGE_PIXELS / 1e6
+# ``Limits`` replaces PIL's decompression-bomb check (a bare DecompressionBombWarning at 89.5 megapixels, an error
+# at twice that, whatever the params say): every file medref reads comes through ``decode``, which checks the
+# header's size against the limit from params and names the key. PIL documents None as the way to turn its own off.
+Image.MAX_IMAGE_PIXELS = None
 
 LOSSY = ("JPEG", "MPO", "WEBP")  # formats whose compression changes pixel values
 LABEL_MAX = 7  # a mask whose maximum is <= this is a label mask ({0, 1} and its JPEG copies), see read_mask
@@ -88,6 +88,9 @@ class Limits:
     where: str = "preprocess"
 
 
+ANY_SIZE = Limits(min_side=1)  # the default of the readers: no minimum, the default maximum (memory)
+
+
 @dataclass(frozen=True)
 class Native:
     """A decoded file: grey [H, W] in its own depth (uint8, uint16, int32, float32/64) and the bit depth the file
@@ -103,9 +106,7 @@ class Unsupported(ValueError):
     says why and what to do, and is not reworded as "corrupt"."""
 
 
-def _check_size(w: int, h: int, limits: Limits | None) -> None:
-    if limits is None:
-        return
+def _check_size(w: int, h: int, limits: Limits) -> None:
     if min(w, h) < limits.min_side:
         raise Unsupported(f"{w}x{h} pixels, smaller than the minimum of {limits.min_side} pixels per side "
                           f"({limits.where}.min_image_side): too small to hold a segmentable image")
@@ -150,7 +151,7 @@ def _grey_palette(im: Image.Image) -> bool:
     return bool(np.all((pal[used, 0] == pal[used, 1]) & (pal[used, 1] == pal[used, 2])))
 
 
-def _decode_pil(data: bytes, limits: Limits | None = None, mask: bool = False) -> Native:
+def _decode_pil(data: bytes, limits: Limits = ANY_SIZE, mask: bool = False) -> Native:
     """PIL: grey [H, W] in the file's own depth; each mode handled explicitly (the module docstring)."""
     im = Image.open(io.BytesIO(data))
     fmt, mode = im.format or "image", im.mode
@@ -193,7 +194,7 @@ def _is_dicom(data: bytes) -> bool:
     return data[128:132] == b"DICM"
 
 
-def _decode_dicom(data: bytes, limits: Limits | None = None, mask: bool = False) -> Native:
+def _decode_dicom(data: bytes, limits: Limits = ANY_SIZE, mask: bool = False) -> Native:
     """DICOM (pydicom): the displayed grey image of a single-frame file.
 
     Rescale Slope/Intercept (or a Modality LUT) first, then the file's own VOI LUT or window (the first one)
@@ -277,7 +278,7 @@ def _clean(msg: str, name: str | None) -> str:
     return " ".join(_REPR.sub(name or "the file", msg).split())
 
 
-def decode(data: bytes, what: str, *, name: str | None = None, limits: Limits | None = None,
+def decode(data: bytes, what: str, *, name: str | None = None, limits: Limits = ANY_SIZE,
            mask: bool = False) -> Native:
     """The ``Native`` array of ``data``; a file no decoder reads is ``ValueError("corrupt or unreadable ...")``,
     one it refuses on purpose (a mode, a size) ``ValueError("unsupported ...: <why>")``. ``name`` (the file) replaces
@@ -289,9 +290,6 @@ def decode(data: bytes, what: str, *, name: str | None = None, limits: Limits | 
         return decoder(data, limits, mask)
     except Unsupported as e:
         raise ValueError(f"unsupported {what}: {e}") from None
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"unsupported {what}: over PIL's limit of {PIL_HARD_LIMIT_MP:.0f} megapixels "
-                         f"({_clean(str(e), name)}); downscale it first") from None
     except UnidentifiedImageError:
         raise ValueError(f"corrupt or unreadable {what}: not a PNG, JPEG, TIFF, BMP or DICOM file "
                          "(its first bytes match no image format)") from None
@@ -350,7 +348,7 @@ def to_uint8(a: np.ndarray, rule: IntensityRule, declared_bits: int | None = Non
 
 
 def read_grey(data: bytes, what: str, rule: IntensityRule, *, name: str | None = None,
-              limits: Limits | None = None) -> np.ndarray:
+              limits: Limits = ANY_SIZE) -> np.ndarray:
     """Any supported image file's bytes -> uint8 [H, W] by ``rule``; unreadable -> ValueError naming ``what``."""
     n = decode(data, what, name=name, limits=limits)
     try:
@@ -373,7 +371,7 @@ def surely_8bit(data: bytes) -> bool:
 
 
 def read_mask(data: bytes, what: str = "mask", *, name: str | None = None,
-              limits: Limits | None = None) -> np.ndarray:
+              limits: Limits = ANY_SIZE) -> np.ndarray:
     """A mask file -> uint8 [H, W] on the 0..255 scale; label masks -> {0, 255} (see the module docstring)."""
     n = decode(data, what, name=name, limits=limits, mask=True)
     try:

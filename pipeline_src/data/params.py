@@ -91,9 +91,9 @@ class PreprocessParams(Strict):
     # images once per dataset (DICOM BitsStored, else the depth the dataset's maximum needs), see manifest.json
     bits_stored: int | None = Field(None, ge=8, le=32)
     # images (and masks) smaller than this on a side, or larger than max_megapixels, are invalid pairs, refused
-    # from the file's header before decoding (PIL itself refuses beyond 2 x 89.5 megapixels)
+    # from the file's header before decoding (pipeline_src/data/imageio.py Limits)
     min_image_side: int = Field(32, ge=1)
-    max_megapixels: float = Field(64.0, gt=0, le=178)
+    max_megapixels: float = Field(64.0, gt=0)
 
     @model_validator(mode="after")
     def _check_percentiles(self) -> PreprocessParams:
