@@ -260,7 +260,15 @@ def read_pairs(raw_dir: Path) -> list[dict]:
     if not f.is_file():
         raise MedrefError(f"{f}: not found; run `medref download <dataset>` first")
     with open(f, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        rows = layouts.csv_reader(fh, f)  # texts up to layouts.MAX_TEXT_CHARS, as download wrote them
+        header = next(rows, (0, []))[1]
+        out = []
+        for line, r in rows:
+            if len(r) != len(header):
+                raise MedrefError(f"{f}:{line}: {len(r)} fields where the header has {len(header)}; the file is "
+                                  "damaged: re-run `medref download <dataset>`")
+            out.append(dict(zip(header, r, strict=True)))
+        return out
 
 
 def _space_needed(kind_src: str, path: Path | None) -> int:

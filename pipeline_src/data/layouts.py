@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,35 @@ from pathlib import Path
 from pipeline_src.errors import MedrefError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# The longest report text a table cell may hold. Python's csv module stops at 131 072 characters by default; a
+# report is a few sentences, so a longer cell is almost always an unclosed quote that swallowed the lines after it.
+MAX_TEXT_CHARS = 1_048_576
+# Control characters (Unicode Cc: NUL, ESC, DEL, C1 ...) other than tab / line breaks, which are whitespace
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> tuple[str, int]:
+    """``text`` without its control characters (NUL etc., see ``_CONTROL``) and how many were removed: a NUL in a
+    report is an export artefact, and tokenizers treat it differently (CLIP's BPE drops it, WordPiece keeps it)."""
+    out, n = _CONTROL.subn("", text)
+    return out, n
+
+
+def csv_reader(f, path: Path, **kw):
+    """``csv.reader`` over ``f`` that accepts cells up to ``MAX_TEXT_CHARS`` and turns a longer one into one
+    MedrefError naming ``path`` and the line (it yields the rows)."""
+    csv.field_size_limit(MAX_TEXT_CHARS)  # the module's one global limit: the same value everywhere in medref
+    reader = csv.reader(f, **kw)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise MedrefError(f"{path}:{reader.line_num}: {e}: a text cell longer than {MAX_TEXT_CHARS:,} "
+                              "characters (medref's limit for a report text); a report is a few sentences, so check "
+                              "the quoting on that line (an unclosed quote swallows the lines after it)") from None
+        yield reader.line_num, row
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "train set": "train", "val": "val", "valid": "val",
                   "validation": "val", "val set": "val", "test": "test", "testing": "test", "test set": "test"}
@@ -103,19 +133,21 @@ def read_text_table(path: Path) -> list[tuple[str, str]]:
             # MosMedData+: ';'-separated and NOT quoted, the text holds commas: split on the first ';' only
             numbered = [(i, line.rstrip("\r\n").split(";", 1)) for i, line in enumerate(f, start=2) if line.strip()]
         else:
-            reader = csv.reader(f)
             numbered = []
             start = 2
-            for r in reader:
+            for line_num, r in csv_reader(f, path):
                 numbered.append((start, r))
                 # line_num counts the physical lines read so far (a quoted text may span several), header excluded
-                start = reader.line_num + 2
+                start = line_num + 2
     out = []
     first: dict[str, tuple[int, str]] = {}
     for i, r in numbered:
         if len(r) < 2:
             raise MedrefError(f"{path}:{i}: expected 'image,text', got {r!r}")
         key, text = nfc(r[0].strip()), r[1]
+        if len(text) > MAX_TEXT_CHARS:
+            raise MedrefError(f"{path}:{i}: a text of {len(text):,} characters, longer than {MAX_TEXT_CHARS:,} "
+                              "(medref's limit for a report text); check that line")
         seen = first.get(key.lower())
         if seen is not None:
             if seen[1] != text:

@@ -87,6 +87,13 @@ class PreprocessParams(Strict):
     # (0..2**b-1, b = 8/10/12/14/16), minmax = the image's min..max, percentile = intensity_percentiles window
     intensity: Literal["bits", "minmax", "percentile"] = "bits"
     intensity_percentiles: tuple[float, float] = (1.0, 99.0)
+    # bits rule: the dataset's bit depth (e.g. 12 for a 12-bit detector in 16-bit files); None = decided from the
+    # images once per dataset (DICOM BitsStored, else the depth the dataset's maximum needs), see manifest.json
+    bits_stored: int | None = Field(None, ge=8, le=32)
+    # images (and masks) smaller than this on a side, or larger than max_megapixels, are invalid pairs, refused
+    # from the file's header before decoding (pipeline_src/data/imageio.py Limits)
+    min_image_side: int = Field(32, ge=1)
+    max_megapixels: float = Field(64.0, gt=0)
 
     @model_validator(mode="after")
     def _check_percentiles(self) -> PreprocessParams:

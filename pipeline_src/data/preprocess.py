@@ -27,8 +27,17 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline_src.data.download import read_pairs
-from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
-from pipeline_src.data.layouts import SPLITS
+from pipeline_src.data.imageio import (
+    IntensityRule,
+    Limits,
+    decide_bits,
+    decode,
+    image_bits,
+    read_grey,
+    read_mask,
+    surely_8bit,
+)
+from pipeline_src.data.layouts import SPLITS, clean_text
 from pipeline_src.data.shards import SplitWriter, schema
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import atomic_dir, output_errors, sha256_file, sha256_json, write_json
@@ -45,24 +54,50 @@ def _log(msg: str) -> None:
 DEFAULT_RULE = IntensityRule()
 
 
-def intensity_rule(pp) -> IntensityRule:
-    """The grey rule of ``preprocess.intensity`` (pipeline_src/data/imageio.py), for deeper-than-8-bit images."""
-    return IntensityRule(pp.intensity, tuple(pp.intensity_percentiles))
+def intensity_rule(pp, bits: int | None = None) -> IntensityRule:
+    """The grey rule of ``preprocess.intensity`` (pipeline_src/data/imageio.py), for deeper-than-8-bit images;
+    ``bits``: the dataset's bit depth (``dataset_bits``)."""
+    return IntensityRule(pp.intensity, tuple(pp.intensity_percentiles), bits if pp.intensity == "bits" else None)
+
+
+def limits(pp) -> Limits:
+    return Limits(pp.min_image_side, pp.max_megapixels)
+
+
+def dataset_bits(raw_dir: Path, rows: list[dict], pp, pool) -> tuple[int | None, str]:
+    """The dataset's bit depth for the bits rule, decided once before any image is mapped (``imageio.decide_bits``):
+    ``preprocess.bits_stored``, else the largest depth over the images. 8-bit files are recognised from their
+    header and not decoded here. A file that cannot be read or decoded counts for nothing here: ``load_pair``
+    reports it, with its reason, as an invalid pair."""
+    if pp.intensity != "bits":
+        return None, f"none: preprocess.intensity {pp.intensity} scales each image by its own values"
+    if pp.bits_stored is not None:
+        return decide_bits([], pp.bits_stored)
+    lim = limits(pp)
+
+    def depth(r: dict) -> int | None:
+        try:
+            data = (raw_dir / r["image"]).read_bytes()
+            return None if surely_8bit(data) else image_bits(decode(data, "image", limits=lim))
+        except (OSError, ValueError):
+            return None  # reported by load_pair
+
+    return decide_bits(pool.map(depth, rows))
 
 
 def load_pair(raw_dir: Path, row: dict, size: int, threshold: int, max_ambiguous: float,
-              rule: IntensityRule = DEFAULT_RULE):
+              rule: IntensityRule = DEFAULT_RULE, lim: Limits | None = None):
     """Decode, validate and resize one pair -> (image bytes, packed mask bytes, image sha, mask sha) or a reason.
 
-    Images of any depth go through ``imageio.read_grey`` (16-bit by their real range, per ``rule``); masks
-    through ``imageio.read_mask`` ({0, 1} masks read as {0, 255})."""
+    Images of any depth go through ``imageio.read_grey`` (deep images by the dataset's depth, per ``rule``); masks
+    through ``imageio.read_mask`` ({0, 1} masks read as {0, 255}); both within the size limits ``lim``."""
     try:
         if not row["mask"]:
             return "no mask file found for this image"
         ib = (raw_dir / row["image"]).read_bytes()
         mb = (raw_dir / row["mask"]).read_bytes()
-        img = read_grey(ib, "image", rule)
-        m = read_mask(mb, "mask")
+        img = read_grey(ib, "image", rule, name=row.get("source_image") or row["image"], limits=lim)
+        m = read_mask(mb, "mask", name=row.get("source_mask") or row["mask"], limits=lim)
         if img.shape != m.shape:
             return f"size mismatch: image {img.shape[1]}x{img.shape[0]} but mask {m.shape[1]}x{m.shape[0]}"
         amb = float(((m >= AMBIGUOUS_LO) & (m <= AMBIGUOUS_HI)).mean())
@@ -144,9 +179,12 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
 
     problems: list[dict] = []
     splits_out: dict[str, dict] = {}
-    rule = intensity_rule(pp)
+    control: dict[str, int] = {}  # row id -> control characters removed from its text
+    lim = limits(pp)
     with _output_errors(out_dir, dataset, len(rows) * (size * size * 9 // 8)), atomic_dir(out_dir) as tmp, \
             ThreadPoolExecutor(max_workers=2) as pool:
+        bits, bits_from = dataset_bits(raw_dir, rows, pp, pool)
+        rule = intensity_rule(pp, bits)
         bar = tqdm(total=len(rows), desc=f"preprocess {dataset}", disable=len(rows) < 2000)
         for split in SPLITS:
             srows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["id"])
@@ -154,11 +192,14 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
             for start in range(0, len(srows), rgs):
                 chunk = srows[start : start + rgs]
                 # decoding is PNG/zlib work that releases the GIL: 2 threads ~ 2 cores
-                results = list(pool.map(lambda r: load_pair(raw_dir, r, size, pp.mask_threshold, pp.max_ambiguous, rule),
-                                        chunk))
+                results = list(pool.map(
+                    lambda r: load_pair(raw_dir, r, size, pp.mask_threshold, pp.max_ambiguous, rule, lim), chunk))
                 good = []
                 for r, res in zip(chunk, results, strict=True):
                     reason = res if isinstance(res, str) else None
+                    text, n_ctl = clean_text(r["text"])
+                    if n_ctl:
+                        r = {**r, "text": text}
                     if reason is None and text_required:
                         if r["has_text"] != "1":
                             reason = "no text row for this image in the text CSV"
@@ -169,6 +210,8 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
                                          "mask": r["source_mask"], "reason": reason})
                     else:
                         good.append((r, res))
+                        if n_ctl:
+                            control[f"{split}/{r['id']}"] = n_ctl
                 bar.update(len(chunk))
                 if problems and pp.on_invalid == "error":
                     continue  # keep validating to report every bad file at once; nothing is written
@@ -197,6 +240,11 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
             "schema": {f.name: str(f.type) for f in sch},
             "dropped": problems,
             "empty_masks": empty_masks(tmp, splits_out),
+            # how deeper-than-8-bit images were mapped to 0..255 (imageio.py); train copies it to the model's
+            # config.json input, and predict maps a new image the same way
+            "intensity": {"rule": pp.intensity, "bits": bits, "decided_from": bits_from},
+            # control characters (NUL ...) removed from the stored texts: the total and per row (split/id)
+            "text_control_chars": {"removed": sum(control.values()), "rows": control},
             "params": pp.model_dump(),
             "raw_digest": sha256_file(ck) if ck.is_file() else None,
             "pyarrow": pa.__version__,
@@ -207,6 +255,11 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
     _log(f"{dataset}: {counts} rows, {len(problems)} dropped -> {out_dir}")
     for p in problems:
         _log(f"dropped {p['file']}: {p['reason']}")
+    if control:
+        _log(f"removed {sum(control.values())} control character(s) (NUL etc.) from {len(control)} text(s) "
+             f"(manifest.json text_control_chars): {', '.join(list(control)[:5])}{' ...' if len(control) > 5 else ''}")
+    if bits is not None:
+        _log(f"deeper-than-8-bit images mapped as {bits}-bit (0..{2**bits - 1} -> 0..255), from {bits_from}")
     for split, e in manifest["empty_masks"].items():
         _log(f"{split}: {e['count']} all-background mask(s) among lesion masks (listed in manifest.json "
              f"empty_masks): {', '.join(e['ids'][:5])}{' ...' if e['count'] > 5 else ''}")

@@ -102,15 +102,18 @@ def _ids(images: list[Path]) -> list[str]:
 def texts_for(images: list[Path], text: str | None, texts_file: Path | None) -> list[str | None]:
     """Each image's text: ``text`` for all, or its row of ``texts_file`` (download's key conventions), else None."""
     if text is not None:
-        return [text] * len(images)
+        from pipeline_src.data.layouts import clean_text
+
+        return [clean_text(text)[0]] * len(images)
     if texts_file is None:
         return [None] * len(images)
-    from pipeline_src.data.layouts import _lookup, read_text_table
+    from pipeline_src.data.layouts import _lookup, clean_text, read_text_table
 
     if not texts_file.is_file():
         raise MedrefError(f"{texts_file}: --texts file not found")
     table = {k.lower(): t for k, t in read_text_table(texts_file)}
-    return [_lookup(table, im.name, f"mask_{im.name}", f"mask_{im.stem}.png", im.stem) for im in images]
+    found = [_lookup(table, im.name, f"mask_{im.name}", f"mask_{im.stem}.png", im.stem) for im in images]
+    return [None if t is None else clean_text(t)[0] for t in found]  # as preprocess stores a text
 
 
 def check_texts(items: list[Item], uses_text: bool, texts_file: Path | None) -> None:
@@ -203,16 +206,30 @@ def input_spec(config: dict, model_dir: Path, params_file: Path | None) -> tuple
         print(f"[predict] {model_dir}/config.json has no input size: using {params_file or 'params.yaml'}'s "
               f"preprocess.image_size {pp.image_size}", file=sys.stderr)
         return pp.image_size, IntensityRule(pp.intensity, tuple(pp.intensity_percentiles))
-    rule = IntensityRule(spec.get("intensity", "bits"), tuple(spec.get("intensity_percentiles", (1.0, 99.0))))
+    # bits: the training dataset's bit depth (manifest.json intensity.bits), so a deep image maps as the training
+    # images did; a model without one (8-bit training data, or older) maps a deep image by its own depth
+    rule = IntensityRule(spec.get("intensity", "bits"), tuple(spec.get("intensity_percentiles", (1.0, 99.0))),
+                         spec.get("bits"))
     return int(size), rule
 
 
-def load_image(path: Path, rule) -> np.ndarray:
+def input_limits(config: dict, model_dir: Path):
+    """The image size limits the training images were preprocessed with (config.json input), else the defaults."""
+    from pipeline_src.data.imageio import Limits
+    from pipeline_src.data.params import PreprocessParams
+
+    spec, d = config.get("input") or {}, PreprocessParams()
+    where = f"{model_dir}/config.json input" if "max_megapixels" in spec else "preprocess (defaults)"
+    return Limits(int(spec.get("min_image_side", d.min_image_side)),
+                  float(spec.get("max_megapixels", d.max_megapixels)), where)
+
+
+def load_image(path: Path, rule, limits=None) -> np.ndarray:
     """uint8 [H, W] grey, as preprocess reads an image; one MedrefError naming the file otherwise."""
-    from pipeline_src.data.imageio import read_grey
+    from pipeline_src.data.imageio import ANY_SIZE, read_grey
 
     try:
-        return read_grey(path.read_bytes(), "image", rule)
+        return read_grey(path.read_bytes(), "image", rule, name=str(path), limits=limits or ANY_SIZE)
     except ValueError as e:
         raise MedrefError(f"{path}: {e}; accepted inputs are PNG/JPEG/TIFF/BMP (8 or 16 bit, grey, RGB or RGBA) "
                           "and uncompressed or decodable single-frame DICOM") from None
@@ -311,6 +328,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     if threshold is not None:
         ep, ep_source = {**ep, "threshold": threshold}, "--threshold"
     size, rule = input_spec(config, model_dir, params_file)
+    limits = input_limits(config, model_dir)
 
     import torch
     from tqdm import tqdm
@@ -341,7 +359,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     first_mask: list[float] = []
 
     def read(batch: list[Item]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        originals = [load_image(it.path, rule) for it in batch]
+        originals = [load_image(it.path, rule, limits) for it in batch]
         return originals, [to_model_size(im, size) for im in originals]
 
     def write(tmp: Path, batch: list[Item], originals, small, prob: np.ndarray, masks: np.ndarray) -> list[dict]:

@@ -190,12 +190,12 @@ def load_qata_sample(root, split: str) -> tuple[list[str], np.ndarray, np.ndarra
     import csv
     from pathlib import Path
 
-    from PIL import Image
+    from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
 
     root = Path(root)
     with open(root / "text" / "train.csv", newline="") as f:
         texts = {row["Image"].lower(): row["Description"] for row in csv.DictReader(f)}
     names = sorted(p.name for p in (root / split / "images").glob("*.png"))
-    images = np.stack([np.array(Image.open(root / split / "images" / n).convert("L")) for n in names])
-    masks = np.stack([np.array(Image.open(root / split / "masks" / f"mask_{n}").convert("L")) > 127 for n in names])
+    images = np.stack([read_grey((root / split / "images" / n).read_bytes(), "image", IntensityRule()) for n in names])
+    masks = np.stack([read_mask((root / split / "masks" / f"mask_{n}").read_bytes()) > 127 for n in names])
     return names, images, masks.astype(np.uint8), [texts[f"mask_{n}".lower()] for n in names]

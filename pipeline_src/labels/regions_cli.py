@@ -62,15 +62,16 @@ def _image_for(mask_path: Path) -> Path | None:
     return None
 
 
-def _load_grey(path: Path):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+def _load_grey(path: Path, mask: bool = False):
+    """A mask ({0, 255} scale, label masks included) or an image (uint8 grey) through the one pixel decoder
+    (pipeline_src/data/imageio.py), as preprocess reads them."""
+    from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L"))
-    except (OSError, UnidentifiedImageError) as e:
-        raise MedrefError(f"{path}: cannot read as an image ({e})") from e
+        data = path.read_bytes()
+        return read_mask(data, name=str(path)) if mask else read_grey(data, "image", IntensityRule(), name=str(path))
+    except (OSError, ValueError) as e:
+        raise MedrefError(f"{path}: cannot read as an {'mask' if mask else 'image'} ({e})") from e
 
 
 def main(
@@ -97,7 +98,7 @@ def main(
             path = Path(m)
             if not path.is_file():
                 raise MedrefError(f"{path}: mask file not found")
-            mask = _load_grey(path) > 127
+            mask = _load_grey(path, mask=True) > 127
             img_path = _image_for(path)
             image = _load_grey(img_path) if img_path is not None else None
             if image is not None and image.shape != mask.shape:

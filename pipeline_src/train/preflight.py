@@ -9,7 +9,8 @@ the caller's machine instead of minutes later inside a queued GPU job:
 
 - the regime's method is a registered training method;
 - the shards exist; a multi-class (volumes) dataset gets a supervised method and no horizontal flip;
-- the timm image encoder exists and has the stages ``out_indices`` names;
+- the timm image encoder exists and has the stages ``out_indices`` names, and the shards' image size leaves its
+  deepest stage at least 2 x 2 (and lines up with the decoder's skip connections);
 - local weight files/folders named in params exist (nothing is downloaded);
 - the split file exists and was written for THIS regime's fraction, split seed and shards (a split file from
   another fraction or from shards since rebuilt would silently train on the wrong labelled set);
@@ -68,7 +69,7 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
                               "their labels")
     model = model.model_copy(update={"n_classes": n_classes})
 
-    _check_encoder(model)
+    _check_encoder(model, int(manifest.get("image_size") or 0), str(shards_dir / "manifest.json"))
     from pipeline_src.models.encoders import resolve_image_norm
     from pipeline_src.models.weights import weight_paths
 
@@ -117,15 +118,34 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
     return Plan(regime, r.method, cfg.model_copy(update={"model": model}), split, n_classes)
 
 
-def _check_encoder(model) -> None:
+def _check_encoder(model, image_size: int = 0, manifest: str = "manifest.json") -> None:
     """Build the image encoder on torch's meta device (no memory, no weights, well under a second): an unknown timm
-    name or stage indices it does not have fail here, on the submitting host, not inside the job."""
+    name or stage indices it does not have fail here, on the submitting host, not inside the job. Its feature maps
+    for one ``image_size`` image (meta tensors: shapes only) must be at least 2 x 2 at the deepest stage (BatchNorm
+    needs more than one value per channel in training), and, for the U-Net-like decoders that add each upsampled
+    stage to the one above it, must halve exactly from stage to stage."""
     import torch
 
     from pipeline_src.models.encoders import ImageEncoder
 
     with torch.device("meta"):
-        ImageEncoder(model.image_encoder, None, tuple(model.out_indices))
+        enc = ImageEncoder(model.image_encoder, None, tuple(model.out_indices))
+        if image_size <= 0:
+            return
+        sides = [f.shape[-1] for f in enc.eval()(torch.empty(1, 1, image_size, image_size))]
+    stride = max(enc.strides)
+    need = max(2 * stride, -(-image_size // stride) * stride)
+    deepest = f"{model.image_encoder} out_indices {list(model.out_indices)}: its deepest stage has stride {stride}"
+    if min(sides) < 2:
+        raise MedrefError(f"{manifest}: image_size {image_size} (preprocess.image_size) is too small for {deepest}, "
+                          f"which leaves a {sides[-1]}x{sides[-1]} feature map (training's BatchNorm needs at least "
+                          f"2x2); use preprocess.image_size >= {need} and re-run preprocess")
+    ratios = [enc.strides[i + 1] // enc.strides[i] for i in range(len(sides) - 1)]
+    if model.arch != "meddisseg" and any(sides[i] != sides[i + 1] * r for i, r in enumerate(ratios)):
+        raise MedrefError(f"{manifest}: image_size {image_size} (preprocess.image_size) is not a multiple of the "
+                          f"stride {stride} of {deepest}: its feature maps are {sides} pixels wide and the decoder's "
+                          f"skip connections would not line up; use a multiple of {stride} (e.g. {need}) and re-run "
+                          "preprocess")
 
 
 def _read_split(split_file: Path, regime: str) -> dict:

@@ -472,9 +472,13 @@ def export(s: RunState, params, out_dir: Path) -> Path:
               "device": s.device.type, "train": cfg.model_dump(mode="json")}
     p = s.paths
     manifest = load_manifest(p["shards_dir"])
-    # How the training images were made: `medref predict` repeats it on a new image (size, intensity rule).
+    # How the training images were made: `medref predict` repeats it on a new image (size, intensity rule, the
+    # dataset's bit depth, the image size limits).
+    pp = manifest.get("params") or {}
     config["input"] = {"image_size": manifest.get("image_size"), "kind": manifest.get("kind"),
-                       **{k: v for k, v in (manifest.get("params") or {}).items() if k.startswith("intensity")}}
+                       **{k: v for k, v in pp.items() if k.startswith("intensity")},
+                       "bits": (manifest.get("intensity") or {}).get("bits"),
+                       **{k: pp[k] for k in ("min_image_side", "max_megapixels") if k in pp}}
     with _output_errors(out_dir, s.regime), atomic_dir(out_dir) as tmp:
         sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         ckpt_io.save_torch({"state_dict": sd, "model_config": cfg.model.model_dump(mode="json"),

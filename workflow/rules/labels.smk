@@ -7,6 +7,7 @@ rule pseudolabel:
         SHARED_CODE,
         "pipeline_src/provenance.py",
         "pipeline_src/data/shards.py",
+        "pipeline_src/data/imageio.py",
         "pipeline_src/labels",
     output:
         "data/labels/{dataset}.parquet",
