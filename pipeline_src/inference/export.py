@@ -71,8 +71,11 @@ def sidecar(predictor, model_dir: Path, fmt: str, size: int, rule, eval_params: 
         "input": {
             "image_size": size,
             "channels": "grey (RGB/RGBA -> luminance, PIL 'L')",
-            "intensity": {"rule": rule.mode, "percentiles": list(rule.percentiles),
-                          "doc": "deeper than 8 bit -> uint8 (pipeline_src/data/imageio.py); 8-bit kept"},
+            "intensity": {"rule": rule.mode, "percentiles": list(rule.percentiles), "bits": rule.bits,
+                          "doc": "deeper than 8 bit -> uint8 (pipeline_src/data/imageio.py); 8-bit kept; bits: the "
+                                 "training dataset's bit depth (null: each image by its own depth)"},
+            "limits": {k: v for k, v in (predictor.config.get("input") or {}).items()
+                       if k in ("min_image_side", "max_megapixels")},
             "resize": "PIL bilinear to image_size x image_size (uint8), as preprocess",
             "normalisation": "x = uint8 / 255 (the model centres (x - 0.5) / 0.25 itself)",
         },

@@ -78,7 +78,8 @@ class ExportedModel:
         inp = meta["input"]
         self.config = {"regime": meta.get("regime"), "input": {
             "image_size": int(inp["image_size"]), "intensity": inp["intensity"]["rule"],
-            "intensity_percentiles": list(inp["intensity"]["percentiles"])}}
+            "intensity_percentiles": list(inp["intensity"]["percentiles"]), "bits": inp["intensity"].get("bits"),
+            **(inp.get("limits") or {})}}
         self.eval_params = {"threshold": float(meta["threshold"]),
                             "min_component_size": int(meta.get("min_component_size", 0))}
         self.text = meta.get("text")
