@@ -88,7 +88,8 @@ def import_profile(args: list[str], cwd: Path) -> dict:
     code = ("import sys; sys.argv = ['medref', *sys.argv[1:]]\nfrom pipeline_src.cli import main\n"
             "try: rc = main()\nexcept SystemExit as e: rc = e.code\nsys.exit(rc or 0)")
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *args], cwd=cwd,
+    # -P: the installed package, as the medref script imports it, not a copy of pipeline_src in cwd
+    res = subprocess.run([sys.executable, "-P", "-X", "importtime", "-c", code, *args], cwd=cwd,
                          env={**env(), "MEDREF_PROGRESS": "0"}, capture_output=True, text=True)
     end = time.perf_counter() - t
     if res.returncode != 0:
