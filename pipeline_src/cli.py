@@ -247,7 +247,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predict.run(args.model, args.images, Path(args.out), text=args.text,
                 texts_file=Path(args.texts_csv) if args.texts_csv else None, threshold=args.threshold,
                 probs=args.probs, overlay=args.overlay, tta=args.tta, device=args.device,
-                batch_size=args.batch_size, params_file=Path(args.params) if args.params else None)
+                batch_size=args.batch_size, params_file=Path(args.params) if args.params else None,
+                engine=args.engine)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -361,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tta", choices=["flip"], default=None, help="test-time augmentation (text sides swapped)")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     sp.add_argument("--batch-size", type=int, default=None, help="default: the eval params' batch size")
+    sp.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
+                    help="onnx: the folder's model.onnx (medref export --format onnx) with onnxruntime, no torch; "
+                         "auto (default): onnx when the folder has a current export and --device is not cuda")
 
     sp = add("export", cmd_export, "Export a trained model to TorchScript or ONNX, with a preprocessing JSON.")
     sp.add_argument("model", help="a regime (models/<regime>) or a model folder")

@@ -287,10 +287,30 @@ def _check_out(out_dir: Path, images: list[Path], texts_file: Path | None) -> No
                           "predictions.csv); it would be replaced as a whole, so choose a new or empty folder")
 
 
+def _onnx_export(model_dir: Path, engine: str, device: str):
+    """(model.onnx, sidecar) when ``engine`` (auto | torch | onnx) and the folder say to run the ONNX export."""
+    from pipeline_src.inference.onnx_engine import ENGINES, EXPORT, export_of, usable
+
+    if engine not in ENGINES:
+        raise MedrefError(f"--engine {engine}: known engines are {', '.join(ENGINES)}")
+    if engine == "torch" or (engine == "auto" and device == "cuda"):
+        return None
+    found = export_of(model_dir)
+    why = f"it has no {EXPORT} + {EXPORT}.json" if found is None else usable(model_dir, found[1])
+    if why is None:
+        return found
+    if engine == "onnx":
+        raise MedrefError(f"--engine onnx: {model_dir}: {why} (`medref export {model_dir} --format onnx --out "
+                          f"{Path(model_dir) / EXPORT}`), or use --engine torch")
+    if found is not None:  # auto: an export that cannot be used is said, not silently skipped
+        print(f"[predict] {model_dir}/{EXPORT} not used: {why}; predicting with torch", file=sys.stderr)
+    return None
+
+
 def run(target: str, images: list[str], out_dir: Path, *, text: str | None = None, texts_file: Path | None = None,
         threshold: float | None = None, probs: bool = False, overlay: bool = False, tta: str | None = None,
         device: str = "auto", batch_size: int | None = None, params_file: Path | None = None,
-        progress: bool = True) -> dict:
+        progress: bool = True, engine: str = "auto") -> dict:
     """Predict masks for ``images``; returns the predict.json summary. See the module docstring."""
     t0 = time.perf_counter()
     if text is not None and not text.strip():
@@ -330,21 +350,31 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     size, rule = input_spec(config, model_dir, params_file)
     limits = input_limits(config, model_dir)
 
-    import torch
     from tqdm import tqdm
 
     from pipeline_src.inference.card import where
     from pipeline_src.inference.postprocess import postprocess
-    from pipeline_src.inference.predictor import load_predictor
     from pipeline_src.labels.mask_regions import mask_to_regions
     from pipeline_src.utils.io import atomic_dir, write_json
 
-    dev = "cpu" if exported is not None else _pick_device(device)
-    if dev == "cpu" and (prm := project_params(params_file)) is not None:
-        # eval's thread count (base.cpu_threads): on CPU the thread count can change the float bits, and an
-        # image of the eval split must get eval's mask
-        torch.set_num_threads(prm.base.cpu_threads)
-    if exported is None:
+    prm = project_params(params_file)
+    onnx = None if exported is not None else _onnx_export(model_dir, engine, device)
+    if onnx is not None:  # onnxruntime on CPU, no torch import (pipeline_src/inference/onnx_engine.py)
+        from pipeline_src.inference.onnx_engine import OnnxPredictor
+
+        dev = "cpu"
+        predictor = OnnxPredictor(model_dir, *onnx, threads=prm.base.cpu_threads if prm is not None else None)
+    else:
+        import torch
+
+        dev = "cpu" if exported is not None else _pick_device(device)
+        if dev == "cpu" and prm is not None:
+            # eval's thread count (base.cpu_threads): on CPU the thread count can change the float bits, and an
+            # image of the eval split must get eval's mask
+            torch.set_num_threads(prm.base.cpu_threads)
+    if exported is None and onnx is None:
+        from pipeline_src.inference.predictor import load_predictor
+
         predictor = load_predictor(model_dir, device=dev, bf16=dev.startswith("cuda"))
     check_texts(items, predictor.uses_text, texts_file)
     if exported is None:
@@ -396,8 +426,11 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
                 originals, small = ahead.result()
                 if k + 1 < len(batches):
                     ahead = pool.submit(read, batches[k + 1])
-                x = torch.from_numpy(np.stack(small).astype(np.float32)[:, None]).mul_(1.0 / 255.0)
-                p = predictor.predict(x, [it.text or "" for it in batch], tta=tta).float().numpy()
+                x = np.stack(small).astype(np.float32)[:, None] * np.float32(1.0 / 255.0)
+                if onnx is not None:
+                    p = predictor.predict(x, [it.text or "" for it in batch], tta=tta)
+                else:
+                    p = predictor.predict(torch.from_numpy(x), [it.text or "" for it in batch], tta=tta).float().numpy()
                 if p.shape[1] != 1:
                     raise MedrefError(f"{model_dir}: a {p.shape[1]}-class model; `medref predict` writes binary "
                                       "masks (multi-class volume models are scored by `medref eval`)")
@@ -413,7 +446,8 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
         summary = {"model_dir": str(model_dir), "regime": regime, "method": predictor.method,
                    "model_sha256": predictor.sha256, "threshold": ep["threshold"],
                    "min_component_size": int(ep.get("min_component_size", 0)), "eval_params_from": ep_source,
-                   "image_size": size, "intensity": rule.mode, "tta": tta, "device": dev, "n": len(rows)}
+                   "image_size": size, "intensity": rule.mode, "tta": tta, "device": dev, "n": len(rows),
+                   "engine": "onnx" if onnx is not None else "torch"}
         write_json(tmp / "predict.json", summary)
     print(f"[predict] {len(rows)} masks -> {out_dir}/masks/ (threshold {threshold} from {ep_source}); "
           f"first mask after {first_mask[0]:.2f} s, all after {time.perf_counter() - t0:.2f} s", file=sys.stderr)

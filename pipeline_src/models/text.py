@@ -25,9 +25,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import open_clip
 import torch
-from open_clip.transformer import TextTransformer
 from torch import nn
 
 from pipeline_src.errors import MedrefError
@@ -36,11 +34,51 @@ from pipeline_src.models.text_hf import HFTokenizer, HFTower, is_hf
 
 LOCAL_DIR_CONFIG = "open_clip_config.json"  # what open_clip's local-dir: loader reads first
 
+# open_clip is imported where a CLIP tower or tokenizer is built, not at import (issue 25). Its package import
+# (open_clip/__init__.py) loads its whole model zoo, CoCa's transformers included (~2-4 s); the default tower needs
+# only two of its modules, open_clip.transformer (TextTransformer) and open_clip.tokenizer (SimpleTokenizer).
+# ``_open_clip`` loads just those; a ``local-dir:`` tower (open_clip.create_model) imports the whole package.
+
+
+def _open_clip(name: str):
+    """The module ``open_clip.<name>`` without running open_clip/__init__.py when the package is not imported yet.
+
+    A bare package object stands in for ``open_clip`` while the module and its relative imports (.utils,
+    .pos_embed) load; then it and they leave sys.modules again (we keep the module objects), so that a later
+    ``import open_clip`` (a ``local-dir:`` tower, a user's code) loads the real package whole, its submodules as
+    its attributes. Its classes are then new objects of the same code: the same weights and the same numerics."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    full = f"open_clip.{name}"
+    if "open_clip" in sys.modules:
+        return importlib.import_module(full)
+    if full in _OPEN_CLIP:
+        return _OPEN_CLIP[full]
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise MedrefError("the CLIP text tower needs open_clip (pip install open_clip_torch)")
+    stub = types.ModuleType("open_clip")
+    stub.__path__ = list(spec.submodule_search_locations)
+    stub.__spec__ = spec
+    sys.modules["open_clip"] = stub
+    try:
+        _OPEN_CLIP[full] = importlib.import_module(full)
+    finally:
+        for k in [k for k, m in sys.modules.items() if k.startswith("open_clip.") or m is stub]:
+            _OPEN_CLIP.setdefault(k, sys.modules.pop(k))
+    return _OPEN_CLIP[full]
+
+
+_OPEN_CLIP: dict = {}  # the open_clip modules _open_clip loaded, by name
+
 
 @functools.lru_cache(maxsize=4)
-def _simple_tokenizer(context_length: int) -> open_clip.tokenizer.SimpleTokenizer:
+def _simple_tokenizer(context_length: int):
     # Loading the BPE vocab takes ~0.5 s; cache per length (tokenizers are stateless).
-    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    return _open_clip("tokenizer").SimpleTokenizer(context_length=context_length)
 
 
 def build_tokenizer(context_length: int, weights: str | None = None):
@@ -49,6 +87,8 @@ def build_tokenizer(context_length: int, weights: str | None = None):
     if is_hf(weights):
         return HFTokenizer(weights, context_length)
     if weights and weights.startswith("local-dir:"):
+        import open_clip
+
         return open_clip.get_tokenizer(local_dir(weights), context_length=context_length)
     return _simple_tokenizer(context_length)
 
@@ -71,12 +111,16 @@ class TextEncoder(nn.Module):
             self.tower = HFTower(weights, cfg.context_length, load_weights, cfg.allow_partial_weights)
             self.width = out_dim = self.tower.width
         elif weights and weights.startswith("local-dir:"):
+            import open_clip
+
             clip = open_clip.create_model(local_dir(weights), pretrained=None, load_weights=True)
             self.tower = _text_tower_of(clip, weights)
             self.tower.output_tokens = True
             self.width = getattr(self.tower, "width", cfg.text_width)
             out_dim = getattr(self.tower, "output_dim", cfg.embed_dim) or self.width
         else:
+            TextTransformer = _open_clip("transformer").TextTransformer
+
             # Pad id 0 + argmax pooling is CLIP's convention (the EOT token has the largest id).
             self.tower = TextTransformer(context_length=cfg.context_length, width=cfg.text_width,
                                          heads=cfg.text_heads, layers=cfg.text_layers, output_dim=cfg.embed_dim,
@@ -154,7 +198,7 @@ def _text_tower_of(clip: nn.Module, source: str) -> nn.Module:
     )
 
 
-def _load_text_weights(tower: TextTransformer, path: Path, allow_partial: bool = False) -> None:
+def _load_text_weights(tower: nn.Module, path: Path, allow_partial: bool = False) -> None:
     key = "train.model.text_weights"
     if not path.is_file():
         raise MedrefError(f"{key}: {path} is not a file (or use local-dir:<folder>, hf-dir:<folder>, hf:<repo id>)")
