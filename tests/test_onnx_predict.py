@@ -18,6 +18,7 @@ from PIL import Image
 
 from pipeline_src import cli
 from pipeline_src.inference import predict as P
+from pipeline_src.inference.exported import seal
 from tests.pipeline_utils import env
 from tests.test_predict import _write_val_pngs, trained  # noqa: F401  (the module's trained tiny models)
 
@@ -82,12 +83,21 @@ def test_engine_choice_and_stale_export(trained, exported, tmp_path, capsys):  #
     d = tmp_path / "stale"
     shutil.copytree(exported["supervised"], d)
     side = d / "model.onnx.json"
-    side.write_text(json.dumps({**json.loads(side.read_text()), "model_sha256": "0" * 64}))
+    meta = json.loads(side.read_text())
+    pristine = side.read_text()
+    # as an export of another model.pt is sealed (the model.pt was retrained after the export)
+    side.write_text(json.dumps(seal({**meta, "model_sha256": "0" * 64}, meta["file_sha256"])))
     assert P.run(str(d), [img], tmp_path / "b", text=text, progress=False)["engine"] == "torch"
     assert "exported from another model.pt" in capsys.readouterr().err
     assert cli.main(["predict", str(d), "--images", img, "--text", text, "--out", str(tmp_path / "c"),
                      "--engine", "onnx"]) == 2
     assert "exported from another model.pt" in capsys.readouterr().err
+    # a sidecar edited by hand (its seal broken) is refused by either engine choice, not silently skipped
+    side.write_text(json.dumps({**json.loads(pristine), "threshold": 0.9}))
+    for engine in ("auto", "onnx"):
+        assert cli.main(["predict", str(d), "--images", img, "--text", text, "--out", str(tmp_path / f"e{engine}"),
+                         "--engine", engine]) == 2
+        assert "edited after export" in capsys.readouterr().err and not (tmp_path / f"e{engine}").exists()
 
 
 def test_clip_tokenizer_equals_open_clips(shared_data):
