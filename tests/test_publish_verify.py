@@ -102,3 +102,13 @@ def test_verify_from_says_which_comparison_for_a_result_from_another_cpu_kind(pu
     else:
         assert res.returncode == 0 and "comparison: metrics-native" in out, out[-4000:]
         assert "compared metrics within 0.02" in out, out[-4000:]
+
+
+def test_publish_refuses_outputs_made_at_another_commit(published, tmp_path):
+    """After the publishing commit, HEAD is a newer commit of main whose data stages DVC did not re-run: their
+    outputs still name the older commit, so a verify at HEAD could not reproduce their hashes; publish says so."""
+    res = run([sys.executable, str(REPO / "tools/publish_study.py"), str(published), STUDY, str(tmp_path / "again")],
+              published, check=False)
+    assert res.returncode != 0 and "outputs made at another commit" in res.stderr, res.stderr
+    assert "pseudolabel@mosmed" in res.stderr and "dvc repro --force -s" in res.stderr, res.stderr
+    assert not (tmp_path / "again").exists()

@@ -39,6 +39,30 @@ def _wall_times(log: Path | None) -> list[tuple[str, int, str]]:
     return [(m[1], int(m[2]), m[3]) for line in log.read_text().splitlines() if (m := pat.match(line))]
 
 
+def _made_at_another_commit(repo: Path, lock: dict, commit: str, keys: set[str]) -> list[str]:
+    """The study's (``keys``: its datasets, splits and runs) data stages' JSON outputs whose provenance names a commit other than ``commit`` (DVC keeps an output
+    made at an earlier commit while its deps are unchanged). train/eval outputs are left out: verify compares the
+    model's sha256 and the metrics without their git record, so their recorded commit does not matter."""
+    found = []
+    for name, stage in (lock.get("stages") or {}).items():
+        kind, _, key = name.partition("@")
+        if kind in ("train", "eval", "study", "report") or key not in keys:
+            continue
+        for out in stage.get("outs", []):
+            path = repo / out["path"]
+            files = [path] if path.is_file() else sorted(path.glob("*.json")) if path.is_dir() else []
+            for f in files:
+                if f.suffix != ".json":
+                    continue
+                try:
+                    git = (json.loads(f.read_text()).get("provenance") or {}).get("git") or {}
+                except (ValueError, AttributeError):
+                    continue  # not a JSON object with a provenance record: nothing names a commit
+                if git.get("commit") and git["commit"] != commit:
+                    found.append(f"{name}: {f.relative_to(repo)} says {git['commit'][:12]}")
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("repo", type=Path, help="the repo (a clone of medref) that ran `dvc repro study@<study>`")
@@ -75,6 +99,12 @@ def main() -> None:
     grid = yaml.safe_load((repo / "workflow/grid.yaml").read_text())
     runs = grid["study_runs"][args.study]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    keys = {v for r in runs for v in (grid["runs"][r]["dataset"], grid["runs"][r]["split"], r)}
+    stale = _made_at_another_commit(repo, lock, commit, keys)
+    if stale:
+        sys.exit(f"{repo}: outputs made at another commit ({'; '.join(stale)}): `medref verify --from` re-runs at "
+                 f"{commit[:12]} and would write that commit into them, so their recorded hashes could not match. "
+                 "Re-make them at this commit (`dvc repro --force -s <stage>` for each), then publish")
     summary = json.loads((repo / "studies" / f"{args.study}.json").read_text())
 
     args.dest.parent.mkdir(parents=True, exist_ok=True)
