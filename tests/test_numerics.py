@@ -219,3 +219,23 @@ def test_metric_tolerance_and_cpu_blind_bytes(tmp_path):
     assert verify._same_but_cpu(tmp_path / "a", tmp_path / "b") is None
     (tmp_path / "b" / "provenance.json").write_text(json.dumps({"cpu": "Intel", "x": 2}))
     assert verify._same_but_cpu(tmp_path / "a", tmp_path / "b") == "provenance.json"
+
+
+@pytest.mark.slow
+def test_cpu_bf16_reaches_the_model_keeps_its_bits_and_needs_native(tiny, tmp_path):
+    """train.cpu_bf16 (README "CPU training variants"): bf16 autocast on CPU gives other weights than fp32, the same
+    ones twice; under portable numerics (no bf16 kernels at the AVX2 cap) it is refused before any work."""
+    fp32 = _slurm_job(tiny, tmp_path / "f", "native", max_steps=3)
+    a = _slurm_job(tiny, tmp_path / "a", "native", max_steps=3, cpu_bf16=True)
+    b = _slurm_job(tiny, tmp_path / "b", "native", max_steps=3, cpu_bf16=True)
+    assert (a["model"] / "model.pt").read_bytes() == (b["model"] / "model.pt").read_bytes()
+    wf, wa = _weights(fp32["model"]), _weights(a["model"])
+    assert any(not torch.equal(wf[k], wa[k]) for k in wf), "cpu_bf16 trained the fp32 bits"
+    d = tmp_path / "p"
+    params = _params_file(d, "portable", max_steps=3, cpu_bf16=True)
+    p = _paths(tiny, d)
+    res = subprocess.run([MEDREF, "train", "tiny", "--shards", p["shards_dir"], "--labels", p["labels_file"],
+                          "--split", p["split_file"], "--out", p["out_dir"], "--run-dir", p["run_dir"]],
+                         cwd=params.parent, env=_clean_env(), capture_output=True, text=True)
+    assert res.returncode == 2 and "train.cpu_bf16" in res.stderr and "native" in res.stderr, res.stderr[-2000:]
+    assert not (d / "model").exists() and not (d / "run" / "last.pt").exists()

@@ -122,6 +122,9 @@ class TrainParams(Strict):
     val_max: int = Field(64, ge=0)  # validation images scored per epoch (0 = none)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False  # torch.compile on CUDA
+    # bf16 autocast on CPU (README "CPU training variants"): other bits than fp32, so a result param; native
+    # numerics only (portable caps the ISA at AVX2, which has no bf16 kernels: measured ~10x slower)
+    cpu_bf16: bool = False
     ssl: SSLParams = SSLParams()
     augment: AugmentParams = AugmentParams()
     posaug: PosAugParams = PosAugParams()

@@ -53,6 +53,9 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
     if r.method not in METHODS:
         raise MedrefError(f"{src}: {params.run_key(regime, 'method')}: {r.method!r} has no training method")
     Method = METHODS[r.method]
+    if cfg.cpu_bf16 and params.base.cpu_numerics == "portable":
+        raise MedrefError(f"{src}: {params.run_key(regime, 'train.cpu_bf16')}: true needs base.cpu_numerics: native "
+                          "(portable caps the CPU kernels at AVX2, which has no bf16 ones: ~10x slower, not faster)")
     model = cfg.model
     if Method.arch is not None and Method.arch != model.arch:
         model = model.model_copy(update={"arch": Method.arch})

@@ -362,6 +362,9 @@ def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_fil
         model = model.to(memory_format=torch.channels_last)
         def autocast():  # noqa: E306 - bf16 needs no GradScaler
             return torch.autocast("cuda", dtype=torch.bfloat16)
+    elif cfg.cpu_bf16:
+        def autocast():  # noqa: E306 - train.cpu_bf16 (preflight: native numerics only)
+            return torch.autocast("cpu", dtype=torch.bfloat16)
     method = Method(cfg, model, sched, tok, autocast)
     opt = torch.optim.AdamW(param_groups(method.student, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
                             foreach=True)  # CPU defaults to the per-tensor loop, ~5x slower here
