@@ -7,12 +7,16 @@ reason when it is absent, except under CI=true, where a missing fixture is an er
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+# the real QaTa pairs of the ``mini`` release (tests of ingest and of bad input)
+MINI_TRAIN = ("covid_1", "covid_100", "covid_1000")
+MINI_VALID = ("covid_1010",)
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +49,25 @@ def shared_data() -> Path:
             pytest.fail(f"CI=true but the real data fixture is missing at {SHARED_DATA}")
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def mini(tmp_path: Path, shared_data: Path) -> Path:
+    """An SGSeg-layout QaTa release of 3 train + 1 valid real pairs, with their text rows."""
+    q, root = shared_data / "qata_sample", tmp_path / "src"
+    rows = ["Image,Description\n"]
+    keys = {f"mask_{n}.png" for n in MINI_TRAIN + MINI_VALID}
+    rows += [ln for ln in (q / "text" / "train.csv").read_text().splitlines(keepends=True)
+             if ln.split(",", 1)[0] in keys]
+    assert len(rows) == 5
+    for split, names in (("train", MINI_TRAIN), ("valid", MINI_VALID)):
+        for sub, pre in (("images", ""), ("masks", "mask_")):
+            (root / split / sub).mkdir(parents=True)
+            for n in names:
+                shutil.copyfile(q / "train" / sub / f"{pre}{n}.png", root / split / sub / f"{pre}{n}.png")
+    (root / "text").mkdir()
+    (root / "text" / "train.csv").write_text("".join(rows))
+    return root
 
 
 @pytest.fixture(scope="session")

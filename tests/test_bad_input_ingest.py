@@ -26,9 +26,9 @@ from pipeline_src.data import download, imageio, layouts, preprocess
 from pipeline_src.data import shards as shardio
 from pipeline_src.errors import MedrefError
 from pipeline_src.params import Params
+from tests.conftest import MINI_TRAIN, MINI_VALID
 
-TRAIN = ("covid_1", "covid_100", "covid_1000")
-VALID = ("covid_1010",)
+TRAIN, VALID = MINI_TRAIN, MINI_VALID  # the pairs of conftest's ``mini`` release
 
 
 def make_params(source: str, sha256: str | None = None, preprocess_over: dict | None = None,
@@ -41,25 +41,6 @@ def make_params(source: str, sha256: str | None = None, preprocess_over: dict | 
         "preprocess": {"image_size": 64, "row_group_size": 4, **(preprocess_over or {})},
         "regimes": {"r": {"dataset": "d", "fraction": 0.5}},
     })
-
-
-@pytest.fixture
-def mini(tmp_path: Path, shared_data: Path) -> Path:
-    """An SGSeg-layout QaTa release of 3 train + 1 valid real pairs, with their text rows."""
-    q, root = shared_data / "qata_sample", tmp_path / "src"
-    rows = ["Image,Description\n"]
-    keys = {f"mask_{n}.png" for n in TRAIN + VALID}
-    rows += [ln for ln in (q / "text" / "train.csv").read_text().splitlines(keepends=True)
-             if ln.split(",", 1)[0] in keys]
-    assert len(rows) == 5
-    for split, names in (("train", TRAIN), ("valid", VALID)):
-        for sub, pre in (("images", ""), ("masks", "mask_")):
-            (root / split / sub).mkdir(parents=True)
-            for n in names:
-                shutil.copyfile(q / "train" / sub / f"{pre}{n}.png", root / split / sub / f"{pre}{n}.png")
-    (root / "text").mkdir()
-    (root / "text" / "train.csv").write_text("".join(rows))
-    return root
 
 
 def _ingest(tmp_path: Path, src: Path, tag: str, **kw) -> tuple[Path, dict]:

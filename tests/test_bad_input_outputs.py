@@ -31,7 +31,7 @@ from pipeline_src.errors import MedrefError
 from pipeline_src.inference import predict
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.utils import io as uio
-from tests.test_bad_input_ingest import make_params, mini  # noqa: F401  (an SGSeg-layout source folder)
+from tests.test_bad_input_ingest import make_params
 from tests.test_predict import trained  # noqa: F401  (tiny trained models, module scope)
 from tests.test_train import _params
 from tests.train_fixtures import make_dataset
@@ -189,7 +189,7 @@ def test_an_error_inside_the_temp_folder_names_the_final_file(tmp_path, monkeypa
 # ---- download and preprocess -----------------------------------------------------------------------------------
 
 
-def _download(tmp_path, mini, out):  # noqa: F811
+def _download(tmp_path, mini, out):
     p = tmp_path / "params.yaml"
     import yaml
 
@@ -197,21 +197,21 @@ def _download(tmp_path, mini, out):  # noqa: F811
     return cli.main(["--params", str(p), "download", "d", "--out", str(out)])
 
 
-def test_download_to_a_read_only_filesystem(tmp_path, mini, capsys):  # noqa: F811
+def test_download_to_a_read_only_filesystem(tmp_path, mini, capsys):
     with tmpfs(tmp_path / "ro", ro=True) as mnt:
         assert _download(tmp_path, mini, mnt / "raw") == 2
         err = one_line(capsys)
         assert f"{mnt}: cannot write an output here (Read-only file system)" in err and "medref download d" in err
 
 
-def test_download_to_a_dangling_symlink(tmp_path, mini, capsys):  # noqa: F811
+def test_download_to_a_dangling_symlink(tmp_path, mini, capsys):
     (tmp_path / "raw").symlink_to(tmp_path / "scratch" / "raw")
     assert _download(tmp_path, mini, tmp_path / "raw") == 2
     assert f"{tmp_path / 'raw'}: it is a symlink to {tmp_path / 'scratch' / 'raw'}, which does not exist" in \
         one_line(capsys)
 
 
-def test_download_into_a_symlinked_folder_keeps_the_link(tmp_path, mini):  # noqa: F811
+def test_download_into_a_symlinked_folder_keeps_the_link(tmp_path, mini):
     (tmp_path / "big" / "raw").mkdir(parents=True)
     (tmp_path / "raw").symlink_to(tmp_path / "big" / "raw", target_is_directory=True)
     assert _download(tmp_path, mini, tmp_path / "raw") == 0
@@ -219,7 +219,7 @@ def test_download_into_a_symlinked_folder_keeps_the_link(tmp_path, mini):  # noq
 
 
 @pytest.mark.parametrize("bad", ["read_only", "dangling"])
-def test_preprocess_output_failures(tmp_path, mini, bad):  # noqa: F811
+def test_preprocess_output_failures(tmp_path, mini, bad):
     params = make_params(str(mini))
     download.run(params, "d", tmp_path / "raw")
     with contextlib.ExitStack() as stack:

@@ -8,7 +8,6 @@ predict's image reader, train's preflight); each failed on ab354c9.
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 
@@ -17,46 +16,21 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline_src.data import download, layouts, preprocess
-from pipeline_src.data import shards as shardio
+from pipeline_src.data import layouts
 from pipeline_src.errors import MedrefError
 from pipeline_src.inference import predict as P
 from pipeline_src.params import Params, load_raw
 from tests.pixel_fixtures import png16, png_header_only
-
-TRAIN = ("covid_1", "covid_100", "covid_1000")
-VALID = ("covid_1010",)
+from tests.test_bad_input_ingest import _ingest
+from tests.test_bad_input_ingest import make_params as ingest_params
 
 
 def make_params(source: str, **pp) -> Params:
-    return Params.model_validate({"datasets": {"d": {"kind": "qata", "source": source}},
-                                  "preprocess": {"image_size": 64, "row_group_size": 4, **pp},
-                                  "regimes": {"r": {"dataset": "d", "fraction": 0.5}}})
-
-
-@pytest.fixture
-def mini(tmp_path: Path, shared_data: Path) -> Path:
-    """An SGSeg-layout QaTa release of 3 train + 1 valid real pairs, with their text rows."""
-    q, root = shared_data / "qata_sample", tmp_path / "src"
-    keys = {f"mask_{n}.png" for n in TRAIN + VALID}
-    rows = ["Image,Description\n"] + [ln for ln in (q / "text" / "train.csv").read_text().splitlines(keepends=True)
-                                      if ln.split(",", 1)[0] in keys]
-    for split, names in (("train", TRAIN), ("valid", VALID)):
-        for sub, pre in (("images", ""), ("masks", "mask_")):
-            (root / split / sub).mkdir(parents=True)
-            for n in names:
-                shutil.copyfile(q / "train" / sub / f"{pre}{n}.png", root / split / sub / f"{pre}{n}.png")
-    (root / "text").mkdir()
-    (root / "text" / "train.csv").write_text("".join(rows))
-    return root
+    return ingest_params(source, preprocess_over=pp)
 
 
 def ingest(tmp_path: Path, src: Path, tag: str, **pp) -> tuple[Path, dict]:
-    p = make_params(str(src), **pp)
-    raw, shards = tmp_path / f"raw-{tag}", tmp_path / f"shards-{tag}"
-    download.run(p, "d", raw)
-    preprocess.run(p, "d", raw, shards)
-    return shards, shardio.load_manifest(shards)
+    return _ingest(tmp_path, src, tag, preprocess_over=pp)
 
 
 def rows(shards: Path, split: str = "train", cols=("image", "mask")) -> dict[str, tuple]:
