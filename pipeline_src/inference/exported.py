@@ -91,13 +91,12 @@ class ExportedModel:
             self._tok = build_tokenizer(int(self.text["context_length"]), w if defines_architecture(w) else None)
         if meta["format"] == "torchscript":
             self._run = torch.jit.load(str(exported), map_location=device).eval()
-        else:
-            import onnxruntime as ort
+        else:  # the ONNX engine medref predict runs a model folder's model.onnx with, on this tokenizer
+            from pipeline_src.inference.onnx_engine import OnnxPredictor
 
-            sess = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-            names = [i.name for i in sess.get_inputs()]
-            self._run = lambda *feeds: torch.from_numpy(
-                sess.run(["probs"], {n: f.cpu().numpy() for n, f in zip(names, feeds, strict=True)})[0])
+            tok = self._tok
+            self._onnx = OnnxPredictor(exported.parent, exported, meta,
+                                       tokenize=(lambda t: tok(t).numpy()) if tok is not None else None)
 
     @property
     def uses_text(self) -> bool:
@@ -113,6 +112,10 @@ class ExportedModel:
             return self._run(*feeds).float()
 
     def predict(self, images, texts: list[str], tta: str | None = None):
+        if self.meta["format"] == "onnx":
+            import torch
+
+            return torch.from_numpy(self._onnx.predict(images.cpu().numpy(), texts, tta))
         probs = self._probs(images, texts)
         if tta == "flip":
             from pipeline_src.labels.text_parser import flip_text

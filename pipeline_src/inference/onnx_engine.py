@@ -125,7 +125,9 @@ def _bytes_to_unicode() -> dict[int, str]:
 class OnnxPredictor:
     """``Predictor.predict``'s contract on numpy: images float32 [B,1,H,W] in [0,1] -> probabilities [B,C,H,W]."""
 
-    def __init__(self, model_dir: Path, onnx_file: Path, meta: dict, threads: int | None = None):
+    def __init__(self, model_dir: Path, onnx_file: Path, meta: dict, threads: int | None = None, tokenize=None):
+        """``tokenize``: list[str] -> int64 [B, L] numpy for a tower with its own tokenizer (exported.py passes it);
+        default: the CLIP BPE above."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -142,7 +144,7 @@ class OnnxPredictor:
         self.method = meta.get("method")
         self.sha256 = meta.get("model_sha256")
         self.names = [i.name for i in self.session.get_inputs()]
-        self.tokenize = clip_tokenizer(int(meta["text"]["context_length"])) if self.uses_text else None
+        self.tokenize = None if not self.uses_text else tokenize or clip_tokenizer(int(meta["text"]["context_length"]))
 
     def _probs(self, images: np.ndarray, texts: list[str]) -> np.ndarray:
         feeds = {"images": np.ascontiguousarray(images, np.float32)}
