@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipeline_src import cli
 from pipeline_src.inference import predict as P
-from pipeline_src.inference.exported import seal
+from pipeline_src.inference.sidecar import seal
 from tests.pipeline_utils import env
 from tests.test_predict import _write_val_pngs, trained  # noqa: F401  (the module's trained tiny models)
 

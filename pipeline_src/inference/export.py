@@ -91,10 +91,10 @@ def run(target: str, fmt: str, out: Path, params_file: Path | None = None) -> di
     """Export ``target`` (a regime or model folder) to ``out`` and ``out`` + ``.json``; returns the sidecar."""
     import torch
 
-    from pipeline_src.inference.exported import seal, sidecar_of
     from pipeline_src.inference.outputs import refuse_dvc_output
     from pipeline_src.inference.predict import eval_settings, input_spec, resolve_model
     from pipeline_src.inference.predictor import load_predictor
+    from pipeline_src.inference.sidecar import seal, sidecar_of
     from pipeline_src.utils.io import atomic_file, sha256_bytes, write_json
 
     if fmt not in ("torchscript", "onnx"):

@@ -39,7 +39,7 @@ def export_of(model_dir: Path) -> tuple[Path, dict] | None:
     side = Path(f"{onnx_file}.json")
     if not (onnx_file.is_file() and side.is_file()):
         return None
-    from pipeline_src.inference.exported import read_sidecar
+    from pipeline_src.inference.sidecar import read_sidecar
 
     return onnx_file, read_sidecar(onnx_file)  # sealed: an edited sidecar or a replaced model.onnx is refused
 

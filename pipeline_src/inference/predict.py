@@ -320,7 +320,8 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     if batch_size is not None and batch_size < 1:
         raise MedrefError(f"--batch-size {batch_size}: must be at least 1")
     out_dir = Path(out_dir)
-    from pipeline_src.inference.exported import SUFFIXES, load_exported, sidecar_of
+    from pipeline_src.inference.exported import load_exported
+    from pipeline_src.inference.sidecar import SUFFIXES, sidecar_of
 
     # an exported file (`medref export`): its sealed sidecar is checked before anything else is read
     exported = Path(target) if Path(target).is_file() and Path(target).suffix in SUFFIXES else None
