@@ -23,7 +23,7 @@ from tests.pipeline_utils import REPO, env, make_scratch_repo, run, tool
 REGIME = "synapse_50pct"
 N_CASES = 6  # -> 3 train / 1 val / 2 test cases; case_0004 has no gallbladder
 # small volumes so both chains run in well under a minute each on 2 cores
-SMALL = {"datasets": {"synapse": {"volumes": {"n_cases": N_CASES, "shape": [32, 32, 8], "image_size": 32}}}}
+SMALL = {"datasets": {"synapse": {"volumes": {"n_cases": N_CASES, "shape": [64, 64, 8], "image_size": 64}}}}
 CHAIN = ["download@synapse", "preprocess@synapse", "pseudolabel@synapse", f"split@{REGIME}", f"train@{REGIME}",
          f"eval@{REGIME}"]
 FOREGROUND = [k for k, v in sorted(LABELS.items(), key=lambda kv: kv[1]) if v > 0]
