@@ -5,12 +5,8 @@
     from pipeline_src.inference.exported import load_exported
     m = load_exported("qata.onnx")                           # the same checks; m.predict(images, texts)
 
-The sidecar says how to feed the exported file (image size, intensity rule, tokenizer) and how to decide
-(threshold, min_component_size). A sidecar edited by hand (image_size 64 -> 224, threshold 0.5 -> 0.9) or an
-exported file edited or replaced would give other masks than the model's, without a word. So the sidecar carries
-``file_sha256`` (the exported file's digest) and ``sidecar_sha256`` (the digest of the sidecar's own content,
-canonical JSON without this key), and the loader refuses a sidecar or a file that no longer matches, naming which
-and how to get a good pair again (re-export).
+The sidecar is checked first (``sidecar.read_sidecar``: its own digest and the exported file's), so a hand-edited
+sidecar or a replaced file is refused before anything is loaded.
 """
 
 from __future__ import annotations

@@ -35,12 +35,11 @@ SPLIT = r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N
 
 def export_of(model_dir: Path) -> tuple[Path, dict] | None:
     """(model.onnx, its sidecar) when the folder holds both, else None."""
-    onnx_file = Path(model_dir) / EXPORT
-    side = Path(f"{onnx_file}.json")
-    if not (onnx_file.is_file() and side.is_file()):
-        return None
-    from pipeline_src.inference.sidecar import read_sidecar
+    from pipeline_src.inference.sidecar import read_sidecar, sidecar_of
 
+    onnx_file = Path(model_dir) / EXPORT
+    if not (onnx_file.is_file() and sidecar_of(onnx_file).is_file()):
+        return None
     return onnx_file, read_sidecar(onnx_file)  # sealed: an edited sidecar or a replaced model.onnx is refused
 
 
