@@ -280,6 +280,8 @@ def _compare(stages: list[str], lock: dict, new: dict, prov: dict, how: str, clo
                 rel = _first_diff(recorded / path, clone / path) if kind == "outs" and recorded is not None else None
                 where = f"{path}/{rel}" if rel else path
                 hint = cpu_hint(prov.get("cpu")) if kind == "outs" and how == SAME_CPU else ""
+                if kind == "deps" and (prov.get("git") or {}).get("dirty"):
+                    hint += " (the recorded run's working tree had uncommitted changes)"
                 log(f"FAIL: {stage}: {kind[:-1]} {where} differs from the recorded hash in dvc.lock{hint}")
                 return False
     old_m = json.loads(recorded_metrics.read_text())
@@ -461,8 +463,10 @@ def verify_from(folder: Path, regime: str, repo: Path = Path("."), keep: bool = 
     record = json.loads((folder / PUBLISH_RECORD).read_text()) if (folder / PUBLISH_RECORD).is_file() else {}
     git = prov.get("git") or {}
     if git.get("dirty"):
-        log("FAIL: the result was produced from a working tree with uncommitted code changes; it cannot be re-run")
-        return False
+        # a study runs with its own params.yaml and grid.yaml, which dirty the tree and which the re-run restores;
+        # any other uncommitted change to code the chain imports shows as a code dep that differs from dvc.lock
+        log("note: the recorded run's working tree had uncommitted changes; the re-run's dvc.lock judges whether "
+            "any of them reached the chain (every code dep's hash is compared)")
     tree = record.get("code_tree")
     if not tree and (folder / "PROVENANCE.md").is_file():  # folders published before publish.json existed
         import re

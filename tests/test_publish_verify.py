@@ -112,3 +112,30 @@ def test_publish_refuses_outputs_made_at_another_commit(published, tmp_path):
     assert res.returncode != 0 and "outputs made at another commit" in res.stderr, res.stderr
     assert "pseudolabel@mosmed" in res.stderr and "dvc repro --force -s" in res.stderr, res.stderr
     assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("code", ["as_recorded", "changed"])
+def test_verify_from_a_run_made_in_a_dirty_tree_lets_the_code_hashes_judge(published, tmp_path, code):
+    """A study runs with its own params.yaml and grid.yaml, which leave the tree dirty; that alone is no reason to
+    refuse. An uncommitted change to code the chain imports shows as a code dep whose hash differs from dvc.lock:
+    verify fails and names it."""
+    folder = tmp_path / "dirty"
+    run(["cp", "-r", str(published / DEST), str(folder)], tmp_path)
+    m = folder / "metrics" / f"{RUN}.json"
+    doc = json.loads(m.read_text())
+    doc["provenance"]["git"]["dirty"] = True
+    m.write_text(json.dumps(doc))
+    dep = None
+    if code == "changed":
+        lock = yaml.safe_load((folder / "dvc.lock").read_text())
+        train = lock["stages"][f"train@{RUN}"]
+        dep = next(d for d in train["deps"] if d["path"].startswith("pipeline_src/train/"))
+        dep["md5"] = "0" * 32
+        (folder / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    res = run([tool("medref"), "verify", "--from", str(folder), RUN], published, check=False)
+    out = res.stdout + res.stderr
+    assert "working tree had uncommitted changes" in out, out[-4000:]
+    if code == "as_recorded":
+        assert res.returncode == 0 and f"PASS: {RUN}" in out, out[-4000:]
+    else:
+        assert res.returncode != 0 and f"dep {dep['path']} differs" in out, out[-4000:]
