@@ -216,14 +216,28 @@ def _metrics_close(a: Any, b: Any, tol: float) -> str | None:
 # ---- verify ------------------------------------------------------------------------------------------------------
 
 
-def _rerun_env(prov: dict[str, Any]) -> dict[str, str]:
+def _rerun_env(prov: dict[str, Any], clone: Path) -> dict[str, str]:
     """The re-run's environment: the numerics the result recorded (its caps, which may be a user's own), not this
-    process's or the caller's $MEDREF_CPU_NUMERICS; the re-run's params say the mode."""
+    process's or the caller's $MEDREF_CPU_NUMERICS; the re-run's params say the mode. ``clone``'s own pipeline_src
+    comes first on PYTHONPATH: the venv's editable install maps ``pipeline_src`` to the checkout it was made in, so
+    without it the stages would run that checkout's code (HEAD) while dvc.lock hashes the clone's (the commit)."""
     env = {k: v for k, v in os.environ.items() if k not in (*numerics.RECORDED, numerics.ENV, numerics.MARK)}
     caps = ((prov.get("numerics") or {}).get("caps") or {})
     env.update({k: v for k, v in caps.items() if k in numerics.PORTABLE_ENV and v})
     env["MEDREF_LAUNCHER"] = "local"
+    env["PYTHONPATH"] = os.pathsep.join([str(clone), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
+
+
+def _code_in(clone: Path, env: dict[str, str]) -> str | None:
+    """Why the re-run would not run ``clone``'s own pipeline_src (None when it does)."""
+    # -P: no cwd on sys.path, as the console script `medref` that the stages run
+    res = subprocess.run([sys.executable, "-P", "-c", "import pipeline_src; print(pipeline_src.__file__)"], cwd=clone,
+                         env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        return f"pipeline_src does not import in the clone ({res.stderr.strip()[-300:]})"
+    got = Path(res.stdout.strip()).resolve().parent
+    return None if got == (clone / "pipeline_src").resolve() else f"pipeline_src imports from {got}, not the clone"
 
 
 def _link_relative_sources(params_raw: dict[str, Any], origin: Path, clone: Path) -> None:
@@ -386,7 +400,12 @@ def _rerun(regime: str, origin: Path, commit: str | None, files: dict[str, Path]
             shutil.copy2(src, clone / rel)
         _link_relative_sources(params_raw, origin, clone)
         log(f"re-running {' -> '.join(stages)} in {clone} (commit {commit or 'HEAD'}; comparison: {how})")
-        run = _dvc(["repro", "--no-run-cache", f"eval@{regime}"], cwd=clone, env=_rerun_env(prov))
+        env = _rerun_env(prov, clone)
+        wrong = _code_in(clone, env)
+        if wrong:
+            log(f"FAIL: the re-run would not run the recorded code: {wrong}")
+            return False
+        run = _dvc(["repro", "--no-run-cache", f"eval@{regime}"], cwd=clone, env=env)
         if run.returncode != 0:
             log(f"FAIL: re-run failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}")
             return False
