@@ -153,8 +153,12 @@ def _extract_tar(archive: Path, dest: Path, limits, key: str) -> None:
             if not (m.isfile() or m.isdir()):
                 raise MedrefError(f"{archive}: unsafe archive member {m.name!r}: not a regular file or folder")
         _check_limits(archive, [(m.name, m.size) for m in members], limits, key)
-        # filter="data" is a second line of defence (strips modes/owners, refuses anything odd)
-        tf.extractall(dest, members=members, filter="data")
+        # filter="data" is a second line of defence (strips modes/owners, refuses anything odd); Python before
+        # 3.11.4 (Debian 12's 3.11.2) has no filters, and the member checks above are the defence there
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(dest, members=members, filter="data")
+        else:
+            tf.extractall(dest, members=members)
 
 
 def _single_root(d: Path) -> Path:
