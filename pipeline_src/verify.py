@@ -225,7 +225,7 @@ def _rerun_env(prov: dict[str, Any], clone: Path) -> dict[str, str]:
     caps = ((prov.get("numerics") or {}).get("caps") or {})
     env.update({k: v for k, v in caps.items() if k in numerics.PORTABLE_ENV and v})
     env["MEDREF_LAUNCHER"] = "local"
-    env["PYTHONPATH"] = os.pathsep.join([str(clone), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(clone), env.get("PYTHONPATH")) if p)
     return env
 
 
