@@ -1,6 +1,8 @@
 # medref: the two commands a newcomer needs are `make run` and `make test`.
 SHELL := /bin/bash
 VENV ?= .venv
+# The interpreter the venv is made from (`make venv PYTHON=python3.11`): any 3.11 gives the same bytes.
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP := $(VENV)/.installed
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.installed
 # The venv is built from the committed lock (requirements.lock) with --constraint, so an
 # install never resolves versions at CI time. The stamp is re-made when the lock changes.
 $(STAMP): requirements.lock pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip==26.3"
 	$(PY) -m pip install -q --no-cache-dir -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .

@@ -83,13 +83,36 @@ def cpu_record() -> dict[str, Any]:
     return {"cpu": cpu_model(), "numerics": numerics.in_force()}
 
 
+def python_version() -> str:
+    """Python as provenance records it: major.minor, the ABI that picks the pinned wheels (requirements.lock). The
+    patch release is left out on purpose: it changes no number (the numerics are in the wheels), and an output that
+    named it would change its bytes, hence its hash, between e.g. Debian 12's 3.11.2 and pyenv's 3.11.7."""
+    return "{}.{}".format(*platform.python_version_tuple()[:2])
+
+
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
+    """The versions an output's provenance records: Python (:func:`python_version`) and the libraries in
+    ``VERSIONED``. They are part of the output's bytes, so a re-run must have the same ones (``medref verify``
+    checks before it re-runs: :func:`version_mismatch`)."""
+    out: dict[str, str | None] = {"python": python_version()}
     for name in VERSIONED:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+    return out
+
+
+def version_mismatch(recorded: dict[str, Any] | None) -> list[str]:
+    """``name recorded -> here`` for each recorded version this environment does not have. A recorded Python with a
+    patch release (results made before :func:`python_version` dropped it) is compared with this interpreter's full
+    version, since that is what its re-run at the recorded commit writes again."""
+    here = versions()
+    out = []
+    for name, want in sorted((recorded or {}).items()):
+        got = platform.python_version() if name == "python" and str(want).count(".") >= 2 else here.get(name)
+        if name in here and want != got:
+            out.append(f"{name} {want} -> {got}")
     return out
 
 

@@ -32,7 +32,7 @@ import yaml
 
 from pipeline_src import numerics, paths
 from pipeline_src.errors import MedrefError
-from pipeline_src.provenance import cpu_hint, cpu_model
+from pipeline_src.provenance import cpu_hint, cpu_model, version_mismatch
 
 GPU_METRIC_TOLERANCE = 1e-3  # absolute, on metrics in [0, 1]; declared here and in the README
 # A native CPU result re-run on another CPU kind: other kernels sum in another order, and over a training the
@@ -390,6 +390,13 @@ def _rerun(regime: str, origin: Path, commit: str | None, files: dict[str, Path]
     params_raw = yaml.safe_load(files["params.yaml"].read_text())
     stages = chain(params_raw, regime)
     how = comparison(prov)
+    differ = version_mismatch(prov.get("versions"))
+    if differ:  # before minutes of re-running: every output's provenance names these, so no hash could match
+        log(f"FAIL: this environment has other versions than the recorded run ({'; '.join(differ)}, recorded -> "
+            "here). Every output records them in its provenance, so no output's bytes could match (and another "
+            "library version computes other numbers); re-check from a venv built from requirements.lock "
+            "(`make venv`) with the recorded Python (`make venv PYTHON=python3.X`)")
+        return False
     scratch = Path(tempfile.mkdtemp(prefix=f"medref-verify-{regime}-"))
     try:
         clone = scratch / "repo"
