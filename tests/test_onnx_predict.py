@@ -114,3 +114,24 @@ def test_clip_tokenizer_equals_open_clips(shared_data):
     assert len(texts) > 1000
     for length in (24, 77):
         assert np.array_equal(clip_tokenizer(length)(texts), _simple_tokenizer(length)(texts).numpy())
+
+
+def test_exported_onnx_file_predicts_without_torch(exported, tmp_path):
+    """`medref predict <file>.onnx`: the way to the torch-free engine for a pipeline model (models/<regime>/ is
+    train's DVC output, so its export goes elsewhere): no torch imported, and the torch engine's masks."""
+    d = exported["supervised"]
+    out_file = tmp_path / "exports" / "qata.onnx"
+    out_file.parent.mkdir()
+    assert cli.main(["export", str(d), "--format", "onnx", "--out", str(out_file)]) == 0
+    img = sorted(exported["images"].iterdir())[0]
+    text = "Unilateral pulmonary infection, one infected area, upper left lung."
+    code = ("import sys\nfrom pipeline_src.cli import main\nrc = main(sys.argv[1:])\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\nsys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "predict", str(out_file), "--images", str(img), "--text", text,
+                        "--out", str(tmp_path / "o"), "--tta", "flip"], capture_output=True, text=True, env=env(),
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "o" / "predict.json").read_text())["engine"] == "onnx"
+    P.run(str(d), [str(img)], tmp_path / "t", text=text, tta="flip", engine="torch", progress=False)
+    mt, mo = _masks(tmp_path / "t"), _masks(tmp_path / "o")
+    assert mt.keys() == mo.keys() and all(np.array_equal(mt[k], mo[k]) for k in mt)

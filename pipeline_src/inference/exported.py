@@ -19,11 +19,11 @@ from pipeline_src.inference.sidecar import read_sidecar
 
 class ExportedModel:
     """An exported file run as ``medref predict`` runs a model folder: ``predict(images, texts, tta)`` ->
-    probabilities [B,C,H,W]; ``config`` holds the ``input`` block predict reads, ``eval_params`` the decision."""
+    probabilities [B,C,H,W]; ``config`` holds the ``input`` block predict reads, ``eval_params`` the decision.
+    An ONNX export with no text tower or CLIP's tokenizer runs without torch (``numpy_io``: numpy arrays in and out),
+    as ``medref predict <file>.onnx`` does; others take and return torch tensors."""
 
     def __init__(self, exported: Path, meta: dict, device: str = "cpu"):
-        import torch
-
         self.path, self.meta, self.device = exported, meta, device
         self.method, self.sha256 = meta.get("method"), meta["file_sha256"]
         inp = meta["input"]
@@ -34,13 +34,19 @@ class ExportedModel:
         self.eval_params = {"threshold": float(meta["threshold"]),
                             "min_component_size": int(meta.get("min_component_size", 0))}
         self.text = meta.get("text")
+        clip = bool(self.text) and str(self.text.get("tokenizer", "")).startswith("open_clip.tokenizer.SimpleTokenizer")
+        # numpy in, numpy out, no torch import: an ONNX export whose text tower (if any) uses CLIP's BPE, which
+        # onnx_engine tokenizes itself; a tower with its own tokenizer needs medref's (torch) tokenizer
+        self.numpy_io = meta["format"] == "onnx" and (not self.text or clip)
         self._tok = None
-        if self.text:
+        if self.text and not self.numpy_io:
             from pipeline_src.models.text import build_tokenizer, defines_architecture
 
             w = self.text.get("weights")
             self._tok = build_tokenizer(int(self.text["context_length"]), w if defines_architecture(w) else None)
         if meta["format"] == "torchscript":
+            import torch
+
             self._run = torch.jit.load(str(exported), map_location=device).eval()
         else:  # the ONNX engine medref predict runs a model folder's model.onnx with, on this tokenizer
             from pipeline_src.inference.onnx_engine import OnnxPredictor
@@ -63,6 +69,9 @@ class ExportedModel:
             return self._run(*feeds).float()
 
     def predict(self, images, texts: list[str], tta: str | None = None):
+        """Probabilities [B,C,H,W]: numpy in and out when ``numpy_io``, else torch tensors."""
+        if self.numpy_io:
+            return self._onnx.predict(images, texts, tta)
         if self.meta["format"] == "onnx":
             import torch
 

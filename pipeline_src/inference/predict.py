@@ -365,6 +365,8 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
 
         dev = "cpu"
         predictor = OnnxPredictor(model_dir, *onnx, threads=prm.base.cpu_threads if prm is not None else None)
+    elif exported is not None and predictor.numpy_io:  # an ONNX file on CLIP's BPE: onnxruntime, no torch import
+        dev = "cpu"
     else:
         import torch
 
@@ -373,6 +375,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
             # eval's thread count (base.cpu_threads): on CPU the thread count can change the float bits, and an
             # image of the eval split must get eval's mask
             torch.set_num_threads(prm.base.cpu_threads)
+    numpy_io = onnx is not None or (exported is not None and predictor.numpy_io)
     if exported is None and onnx is None:
         from pipeline_src.inference.predictor import load_predictor
 
@@ -428,7 +431,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
                 if k + 1 < len(batches):
                     ahead = pool.submit(read, batches[k + 1])
                 x = np.stack(small).astype(np.float32)[:, None] * np.float32(1.0 / 255.0)
-                if onnx is not None:
+                if numpy_io:
                     p = predictor.predict(x, [it.text or "" for it in batch], tta=tta)
                 else:
                     p = predictor.predict(torch.from_numpy(x), [it.text or "" for it in batch], tta=tta).float().numpy()
@@ -448,7 +451,8 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
                    "model_sha256": predictor.sha256, "threshold": ep["threshold"],
                    "min_component_size": int(ep.get("min_component_size", 0)), "eval_params_from": ep_source,
                    "image_size": size, "intensity": rule.mode, "tta": tta, "device": dev, "n": len(rows),
-                   "engine": "onnx" if onnx is not None else "torch"}
+                   "engine": "onnx" if numpy_io or (exported is not None and predictor.meta["format"] == "onnx")
+                   else "torch"}
         write_json(tmp / "predict.json", summary)
     print(f"[predict] {len(rows)} masks -> {out_dir}/masks/ (threshold {threshold} from {ep_source}); "
           f"first mask after {first_mask[0]:.2f} s, all after {time.perf_counter() - t0:.2f} s", file=sys.stderr)
