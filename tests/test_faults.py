@@ -325,6 +325,17 @@ def test_corrupted_shard_is_named_with_recovery(labelled, tmp_path, damage):
         assert str(part) in str(e.value) and f"dvc checkout {copy}" in str(e.value)
 
 
+def test_a_column_the_shards_lack_is_named_not_dropped(labelled):
+    """read_table reads each file with ParquetFile (no pyarrow.dataset, so no pandas import), whose read() would
+    drop an absent column silently; a caller asking for one (a by-case split on image shards) gets it named."""
+    from pipeline_src.data.shards import read_table
+
+    assert read_table(labelled["shards"], "train", ["text", "id"]).column_names == ["text", "id"]
+    with pytest.raises(MedrefError) as e:
+        read_table(labelled["shards"], "train", ["id", "case_id"])
+    assert "part-" in str(e.value) and "['case_id']" in str(e.value) and "dvc checkout" in str(e.value)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_modified_model_file_is_named_with_recovery(reference_model, tmp_path, damage):

@@ -20,18 +20,23 @@ import yaml
 from tests.pipeline_utils import env, make_scratch_repo
 
 HEAVY = ("torch", "open_clip", "timm", "transformers", "monai", "torchvision")
+# pandas (0.4 s): a stage that reads shards (pyarrow.dataset imports it) or one small CSV need not pay for it
+NO_PANDAS = {"--help", "grid", "split", "study"}
 PROBE = ("import json, sys\nfrom pipeline_src.cli import main\n"
          "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
-         f"print('MODULES=' + json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))\n"
+         f"print('MODULES=' + json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY + ('pandas',)!r}))))\n"
          "sys.exit(rc or 0)")
 
 
 def _imported(args: list[str], cwd: Path) -> set[str]:
+    """The heavy packages ``medref <args>`` imported (pandas only where a stage should do without it)."""
     r = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, env={**env(), "MEDREF_PROGRESS": "0"},
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"medref {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("MODULES=")][-1]
-    return set(json.loads(line.removeprefix("MODULES=")))
+    got = set(json.loads(line.removeprefix("MODULES=")))
+    cmd = next((a for a in args if not a.startswith("-") and not a.endswith(".yaml")), args[0])
+    return got if cmd in NO_PANDAS else got - {"pandas"}
 
 
 @pytest.fixture(scope="module")

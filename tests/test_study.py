@@ -183,3 +183,29 @@ def test_committed_full_grid_tracks_the_pretrained_text_tower():
     assert "qata" in raw["pretrain_text"]["datasets"]
     frozen = [r for r in qata if r["variant"] == "semi_medref-text_frozen"][0]
     assert frozen["method"] == "semi_medref" and frozen["train"]["model"]["text_train"] == "frozen"
+
+
+def test_per_sample_table_reads_as_eval_wrote_it_and_a_damaged_one_is_named(tmp_path):
+    """study reads eval's per_sample.csv with the csv module: the same doubles as pandas' parser for eval's %.6g
+    cells, an empty cell is NaN, and a short row is one MedrefError naming the file."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline_src.errors import MedrefError
+    from pipeline_src.evaluate.study import _read_per_sample
+
+    rng = np.random.default_rng(1)
+    dice = rng.random(500) ** 3
+    dice[::50] = np.nan
+    df = pd.DataFrame({"id": [f"0{i}" for i in range(500)], "text": ["left, right"] * 500, "dice": dice,
+                       "tp": rng.integers(0, 9999, 500), "fp": 0, "fn": rng.integers(0, 99, 500)})
+    per = tmp_path / "per_sample.csv"
+    df.to_csv(per, index=False, float_format="%.6g")
+    got = _read_per_sample(per)
+    want = pd.read_csv(per, usecols=["id", "dice", "tp", "fp", "fn"], dtype={"id": str})
+    assert list(got["id"]) == list(want["id"])  # "01" stays a string, not 1
+    for k in ("dice", "tp", "fp", "fn"):
+        assert got[k].tobytes() == want[k].to_numpy(dtype=np.float64).tobytes(), k
+    per.write_text(per.read_text() + "999,short row\n")
+    with pytest.raises(MedrefError, match="per_sample.csv: not eval's per-sample table"):
+        _read_per_sample(per)

@@ -213,11 +213,17 @@ def read_table(shards_dir: str | Path, split: str, columns: list[str] | None = N
             t = schema(m["image_size"]).empty_table()
         return t.select(columns) if columns else t
     verify_shards(shards_dir, split)
-    # memory_map: the OS pages file bytes in; only the lz4 output is allocated
+    # memory_map: the OS pages file bytes in; only the lz4 output is allocated. ParquetFile, not pq.read_table: the
+    # latter goes through pyarrow.dataset, whose import pulls in pandas (0.3 s of every stage that reads shards)
     tables = []
     for f in files:
         try:
-            tables.append(pq.read_table(f, columns=columns, memory_map=True))
+            pf = pq.ParquetFile(f, memory_map=True)
+            absent = [c for c in columns or () if c not in pf.schema_arrow.names]
+            if absent:  # ParquetFile.read would drop them silently
+                raise MedrefError(f"{f}: shard has no column(s) {absent} (it has {pf.schema_arrow.names}); "
+                                  f"{_RECOVER.format(d=shards_dir)}")
+            tables.append(pf.read(columns=columns))
         except (pa.ArrowException, OSError) as e:
             raise MedrefError(f"{f}: unreadable Parquet shard ({type(e).__name__}: {e}); {_RECOVER.format(d=shards_dir)}") from e
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
