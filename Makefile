@@ -32,7 +32,7 @@ run: $(STAMP)
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s; report: $(CURDIR)/reports/report.md (and reports/index.html)"
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests  # the slowest 25 tests at the end: where CI time goes
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline_src tests bench tools
