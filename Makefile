@@ -31,8 +31,9 @@ run: $(STAMP)
 	dvc repro report && \
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s; report: $(CURDIR)/reports/report.md (and reports/index.html)"
 
+# --durations=25: the slowest 25 tests at the end of the log, where CI time goes
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25 tests  # the slowest 25 tests at the end: where CI time goes
+	$(PY) -m pytest -q --durations=25 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline_src tests bench tools

@@ -187,7 +187,8 @@ def test_committed_full_grid_tracks_the_pretrained_text_tower():
 
 def test_per_sample_table_reads_as_eval_wrote_it_and_a_damaged_one_is_named(tmp_path):
     """study reads eval's per_sample.csv with the csv module: the same doubles as pandas' parser for eval's %.6g
-    cells, an empty cell is NaN, and a short row is one MedrefError naming the file."""
+    cells, an empty cell is NaN, a short or empty table is one MedrefError naming the file, and a table without
+    per-image counts (multi-class) gives None."""
     import numpy as np
     import pandas as pd
 
@@ -208,4 +209,10 @@ def test_per_sample_table_reads_as_eval_wrote_it_and_a_damaged_one_is_named(tmp_
         assert got[k].tobytes() == want[k].to_numpy(dtype=np.float64).tobytes(), k
     per.write_text(per.read_text() + "999,short row\n")
     with pytest.raises(MedrefError, match="per_sample.csv: not eval's per-sample table"):
+        _read_per_sample(per)
+    # a multi-class run's per-case table (no tp column) has no per-image rows to bootstrap; an empty file is named
+    per.write_text("id,dice_mean,dice_c1\ncase_0,0.5,0.5\n")
+    assert _read_per_sample(per) is None
+    per.write_text("")
+    with pytest.raises(MedrefError, match="per_sample.csv: empty"):
         _read_per_sample(per)

@@ -68,16 +68,20 @@ def _read_run(name: str, metrics_dir: Path, eval_root: Path) -> tuple[dict, dict
     except ValueError as e:
         raise MedrefError(f"{mfile}: not valid JSON ({e}); re-run `dvc repro -f eval@{name}`") from e
     per = eval_root / name / "per_sample.csv"
-    if not per.is_file() or "tp" not in per.read_text().splitlines()[0].split(","):
-        return m, None  # multi-class runs have per-case rows; no per-image bootstrap for them
-    return m, _read_per_sample(per)
+    return m, (_read_per_sample(per) if per.is_file() else None)
 
 
-def _read_per_sample(per: Path) -> dict[str, np.ndarray]:
-    """id, dice, tp, fp, fn of eval's per_sample.csv; an empty cell (eval's NaN) is NaN. The csv module, not
+def _read_per_sample(per: Path) -> dict[str, np.ndarray] | None:
+    """id, dice, tp, fp, fn of eval's per_sample.csv; an empty cell (eval's NaN) is NaN; None for a table without
+    a ``tp`` column (multi-class runs have per-case rows: no per-image bootstrap for them). The csv module, not
     pandas (0.4 s of import for one small table); eval writes ``%.6g``, which float() reads to the same double."""
     with per.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None:
+            raise MedrefError(f"{per}: empty, not eval's per-sample table; re-run its eval stage")
+        if "tp" not in reader.fieldnames:
+            return None
+        rows = list(reader)
     try:
         cols = {k: np.array([math.nan if r[k] == "" else float(r[k]) for r in rows], dtype=np.float64)
                 for k in ("dice", "tp", "fp", "fn")}
