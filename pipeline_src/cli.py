@@ -50,6 +50,17 @@ def _params(args: argparse.Namespace):
     return p
 
 
+def _project_params(args: argparse.Namespace):
+    """(params, their name) for the commands that work outside a repository too (predict, export, regions): the
+    ``--params`` file (an error when it is not there), else ./params.yaml when there is one, validated; else
+    (None, "params.yaml"), and the command uses what the model folder records, else the defaults."""
+    from pipeline_src import params
+
+    given = getattr(args, "params", None)
+    f = Path(given or DEFAULT_PARAMS)
+    return (params.load(f) if given or f.is_file() else None), str(f)
+
+
 def _move_to_repo_root(args: argparse.Namespace) -> None:
     here = Path.cwd()
     root = paths.repo_root(here)
@@ -105,10 +116,10 @@ def cmd_pseudolabel(args: argparse.Namespace) -> None:
 def _grid_params(args: argparse.Namespace):
     """Params for a stage DVC runs from workflow/grid.yaml: under DVC (it sets DVC_STAGE), a stale grid file is
     refused, because the stage's tracked params came from it."""
-    from pipeline_src import params
+    from pipeline_src import grid
 
     if os.environ.get("DVC_STAGE"):
-        params.require_current_grid(_params_file(args))
+        grid.require_current_grid(_params_file(args))
     return _params(args)
 
 
@@ -139,23 +150,23 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_grid(args: argparse.Namespace) -> None:
-    from pipeline_src import params
+    from pipeline_src import grid, params
     from pipeline_src.utils.io import write_text
 
-    text = params.grid_text(params.load_raw(_params_file(args)))
-    out = Path(args.out or params.GRID_FILE)
+    text = grid.grid_text(params.load_raw(_params_file(args)))
+    out = Path(args.out or grid.GRID_FILE)
     if args.check:
         if not out.is_file() or out.read_text(encoding="utf-8") != text:
             raise params.ParamsError(f"{out} is stale: run `medref grid`")
         print(f"[grid] {out} is current")
         return
     write_text(out, text)
-    doc = params.grid_document(params.load_raw(_params_file(args)))
+    doc = grid.grid_document(params.load_raw(_params_file(args)))
     print(f"[grid] {len(doc['runs'])} runs, {len(doc['splits'])} splits, {len(doc['study_runs'])} studies -> {out}")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from pipeline_src.evaluate import study
+    from pipeline_src.aggregate import study
 
     p = _grid_params(args)
     study.run(
@@ -169,7 +180,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from pipeline_src.train import launcher
+    from pipeline_src import launcher
 
     p = _grid_params(args)
     r = p.regime(args.regime)
@@ -204,7 +215,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from pipeline_src.evaluate import report
+    from pipeline_src.aggregate import report
 
     p = _params(args)
     report.run(
@@ -221,7 +232,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_regions(args: argparse.Namespace) -> None:
     from pipeline_src.labels import regions_cli
 
-    regions_cli.main(texts=args.texts, texts_file=args.texts_file, masks=args.masks, params_file=args.params)
+    def region_params() -> dict:  # read only when masks are given: texts alone never wait for the params
+        project, _ = _project_params(args)
+        return {} if project is None else project.pseudolabel.model_dump()
+
+    regions_cli.main(texts=args.texts, texts_file=args.texts_file, masks=args.masks, region_params=region_params)
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -244,17 +259,18 @@ def cmd_provenance(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from pipeline_src.inference import predict
 
+    project, source = _project_params(args)
     predict.run(args.model, args.images, Path(args.out), text=args.text,
                 texts_file=Path(args.texts_csv) if args.texts_csv else None, threshold=args.threshold,
                 probs=args.probs, overlay=args.overlay, tta=args.tta, device=args.device,
-                batch_size=args.batch_size, params_file=Path(args.params) if args.params else None,
-                engine=args.engine)
+                batch_size=args.batch_size, project=project, project_source=source, engine=args.engine)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from pipeline_src.inference import export
 
-    export.run(args.model, args.format, Path(args.out), params_file=Path(args.params) if args.params else None)
+    project, source = _project_params(args)
+    export.run(args.model, args.format, Path(args.out), project=project, project_source=source)
 
 
 def build_parser() -> argparse.ArgumentParser:

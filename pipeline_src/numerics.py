@@ -16,7 +16,7 @@ param (it changes the bits), but params.yaml is only parsed (pydantic, per phase
 ``$MEDREF_CPU_NUMERICS``, else from ``base:`` of the params.yaml of the repository the process runs in (a plain
 yaml read, no medref import), else ``native``. Every medref process imports ``pipeline_src`` before torch: the
 ``medref`` console script (dvc.yaml and the Snakemake rules call it), and a submitit SLURM job, which imports
-``pipeline_src.train.launcher`` to unpickle its callable. The SLURM job is also given the values explicitly
+``pipeline_src.launcher`` to unpickle its callable. The SLURM job is also given the values explicitly
 (:func:`slurm_setup`), so it does not depend on sbatch exporting the caller's environment. ``medref --params
 other.yaml`` re-reads the mode from that file in ``cli.main`` (torch is still not imported there). A stage
 re-checks with :func:`require` that its params' mode is the one in force, so a process that imported torch

@@ -45,7 +45,7 @@ NATIVE_CPU_METRIC_TOLERANCE = 0.02
 
 def chain(params_raw: dict[str, Any], regime: str) -> list[str]:
     """DVC stage names that ``eval@<regime>`` depends on, in execution order."""
-    from pipeline_src.params import grid_document
+    from pipeline_src.grid import grid_document
 
     runs = grid_document(params_raw)["runs"]
     if regime not in runs:

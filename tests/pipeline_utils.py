@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from pipeline_src.params import deep_merge, grid_document, grid_text
+from pipeline_src.grid import grid_document, grid_text
+from pipeline_src.params import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -18,16 +18,18 @@ Both tests read the package statically (``ast``; nothing is imported, so torch n
    docstring and dunder constants does not.
 
 2. ``test_imports_follow_phase_order``: data -> labels -> models -> train -> inference ->
-   evaluate, every phase above the shared base (``errors``, ``paths``, ``provenance``,
-   ``utils``, the package ``__init__``), ``cli.py`` and ``verify.py`` on top, and no import
-   cycle between modules. Each phase keeps the model of its own params section in
+   evaluate -> aggregate (study, report: from eval's outputs, no model), every phase above the
+   shared base (``errors``, ``paths``, ``provenance``, ``utils``, the package ``__init__``),
+   ``cli.py``, ``verify.py``, ``launcher.py`` and ``grid.py`` on top, and no import cycle between
+   modules. Each phase keeps the model of its own params section in
    ``<phase>/params.py``: the schema of a key sits next to the code that reads it, and a phase
    param model imports only the base and other params models, so it is a leaf (what every stage
    imports through params.py stays small, and one package of all models would either import
    every phase or need the phases to import it upward). ``pipeline_src/params.py``
-   composes them: it may import every phase's ``params.py`` and nothing else of the phases,
-   and every module may import it (a stage receives the composed ``Params``). Exceptions go
-   into ``ALLOWED`` with the reason; it starts empty.
+   composes them: it may import every phase's ``params.py`` and nothing else of the phases.
+   Only the top layer imports it: configuration flows down, each stage receives its params
+   from the CLI (the composed ``Params`` or a section of it). Exceptions go into ``ALLOWED``
+   with the reason; it is empty.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ STAGE_ENTRY = {
 
 BASE = {f"{PKG}/__init__.py", f"{PKG}/numerics.py", f"{PKG}/errors.py", f"{PKG}/paths.py", f"{PKG}/provenance.py"}
 COMPOSER = f"{PKG}/params.py"
-TOP = {f"{PKG}/cli.py", f"{PKG}/verify.py"}
-# Which phases each phase may import (besides itself, the base and the params composer).
+TOP = {f"{PKG}/cli.py", f"{PKG}/verify.py", f"{PKG}/launcher.py", f"{PKG}/grid.py"}
+# Which phases each phase may import (besides itself and the base). No phase imports the params composer: the top
+# layer (cli.py, verify.py, launcher.py, grid.py) loads the params and hands each stage its typed sections.
 PHASE_MAY_IMPORT = {
     "data": set(),
     "labels": {"data"},
@@ -71,6 +74,8 @@ PHASE_MAY_IMPORT = {
     "train": {"data", "labels", "models"},
     "inference": {"data", "labels", "models"},
     "evaluate": {"data", "labels", "models", "inference"},
+    # study and report: across runs, from eval's outputs; they never load a model
+    "aggregate": {"evaluate"},
 }
 # (importer, imported) pairs accepted against the rules above, each with its reason.
 ALLOWED: dict[tuple[str, str], str] = {}
@@ -280,12 +285,15 @@ def edge_violation(e: Edge) -> str | None:
             return None
         return "params.py composes the phases' params.py models and imports nothing else of them"
     if dst == "top":
-        return "cli.py and verify.py sit on top: nothing imports them"
+        return "cli.py, verify.py, launcher.py and grid.py sit on top: only the top imports them"
+    if dst == "composer":
+        return ("a phase does not import the composed params (pipeline_src/params.py): the top layer loads them and "
+                "hands the stage its sections (configuration flows down)")
     if is_phase_params(e.src) and dst == "composer":
         return "a phase's params.py is a leaf that params.py composes; importing the composer back makes a cycle"
     if is_phase_params(e.src) and not is_phase_params(e.dst):
         return "a phase's params.py is a leaf: it may import the base and other params models only"
-    if dst == "composer" or dst == src or dst in PHASE_MAY_IMPORT[src]:
+    if dst == src or dst in PHASE_MAY_IMPORT[src]:
         return None
     return f"{src} may import only {', '.join(sorted(PHASE_MAY_IMPORT[src] | {'the base'}))}, not {dst}"
 
@@ -350,3 +358,15 @@ def test_allowed_exceptions_are_still_needed():
     graph = import_graph()
     present = {(e.src, e.dst) for edges in graph.values() for e in edges}
     assert not set(ALLOWED) - present, "ALLOWED names imports that no longer exist"
+
+
+def test_a_phase_importing_the_composed_params_is_refused():
+    """Configuration flows down: a phase that reads the composed params itself breaks the rule; the top layer may."""
+    for phase_module in ("pipeline_src/inference/predict.py", "pipeline_src/train/train.py",
+                         "pipeline_src/labels/regions_cli.py"):
+        why = edge_violation(Edge(phase_module, 1, COMPOSER))
+        assert why and "configuration flows down" in why, phase_module
+    for top in sorted(TOP):
+        assert edge_violation(Edge(top, 1, COMPOSER)) is None, top
+    # the composer's own leaves stay importable by every phase's params.py
+    assert edge_violation(Edge("pipeline_src/evaluate/params.py", 1, "pipeline_src/inference/params.py")) is None

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_src import params as P
+from pipeline_src.grid import grid_text
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -95,7 +96,7 @@ def test_same_deps_and_outs(both):
 
 def test_grid_file_is_current():
     """DVC's stages come from workflow/grid.yaml; it must be what `medref grid` writes for params.yaml."""
-    assert (REPO / "workflow/grid.yaml").read_text() == P.grid_text(P.load_raw(REPO / "params.yaml")), (
+    assert (REPO / "workflow/grid.yaml").read_text() == grid_text(P.load_raw(REPO / "params.yaml")), (
         "workflow/grid.yaml is stale: run `medref grid`")
 
 

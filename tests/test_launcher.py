@@ -1,4 +1,4 @@
-"""Unit tests of pipeline_src/train/launcher.py that need no cluster (choice, config, callable).
+"""Unit tests of pipeline_src/launcher.py that need no cluster (choice, config, callable).
 
 .venv/bin/pytest tests/test_launcher.py
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_src import launcher
 from pipeline_src.errors import MedrefError
-from pipeline_src.train import launcher
 
 REPO = Path(__file__).resolve().parents[1]
 

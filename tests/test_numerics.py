@@ -37,7 +37,7 @@ SMALL = {"model": {"image_encoder": "resnet10t", "text_width": 32, "text_layers"
          "epochs": 2, "batch_size": 6, "unlabelled_batch_size": 6, "val_max": 0, "checkpoint_every": 3,
          "ssl": {"burn_in_epochs": 0.25, "ramp_epochs": 0.5, "confidence": 0.5}}
 CAPS_OFF = re.compile(r"avx512|amx|avx10", re.I)
-# the job half of submitit: unpickle (imports pipeline_src.train.launcher, hence pipeline_src, before torch), report
+# the job half of submitit: unpickle (imports pipeline_src.launcher, hence pipeline_src, before torch), report
 # what the import set, run
 WORKER = ("import json, pickle, sys\n"
           "job = pickle.load(open(sys.argv[1], 'rb'))\n"
@@ -74,13 +74,13 @@ def _paths(tiny, root: Path) -> dict[str, str]:
 
 def _slurm_job(tiny, root: Path, mode: str, resume: bool = True, verbose: bool = False, **train) -> dict:
     """Train through the launcher's SLURM job path; the job's stdout, what its import set, and the model folder."""
-    from pipeline_src.train import launcher
+    from pipeline_src import launcher
     from pipeline_src.utils.io import sha256_file
 
     params = _params_file(root / "caller", mode, **train)
     # the caller: a `medref train --launcher slurm` process started in that repository builds the job
     caller = subprocess.run(
-        [sys.executable, "-c", "import json; from pipeline_src.train import launcher as l; "
+        [sys.executable, "-c", "import json; from pipeline_src import launcher as l; "
          "print(json.dumps(l.job_parameters(l.SlurmSettings(setup=['echo site setup']), 'tiny')['slurm_setup']))"],
         cwd=params.parent, env=_clean_env(), capture_output=True, text=True, check=True)
     setup = json.loads(caller.stdout)

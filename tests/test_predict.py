@@ -261,6 +261,20 @@ def test_cli_prints_one_line_and_exits_2(trained, tmp_path, capsys):
     assert rc == 0 and len(list((tmp_path / "o" / "masks").iterdir())) == 2
 
 
+
+def test_a_params_file_given_and_missing_is_named_not_ignored(trained, tmp_path, capsys):
+    """The CLI reads --params for predict and export (configuration flows down): a file that is not there is one
+    error naming it, where predict once fell back to the defaults in silence."""
+    images = _two_good(tmp_path)
+    missing = tmp_path / "no-such-params.yaml"
+    for args in (["predict", str(trained["supervised"]), "--images", *images, "--text", "upper left lung",
+                  "--out", str(tmp_path / "o")],
+                 ["export", str(trained["supervised"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]):
+        rc = cli.main(["--params", str(missing), *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err[-1].startswith(f"medref {args[0]}: error: {missing}: params file not found"), err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m.onnx").exists()
+
 def test_model_card_written_by_train_and_completed_by_eval(trained, tmp_path):
     model, data = trained["supervised"], trained["data"]
     card = (model / "MODEL.md").read_text()

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from pipeline_src import launcher
 from pipeline_src.errors import MedrefError
 from pipeline_src.params import Params, load_raw
-from pipeline_src.train import launcher
 from pipeline_src.train.preflight import preflight
 from tests.train_fixtures import make_dataset
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_src.evaluate import plots, report
+from pipeline_src.aggregate import report
+from pipeline_src.evaluate import plots
 from pipeline_src.params import Params
 
 REGIMES = {

@@ -97,7 +97,7 @@ def slurm_cluster():
 
 @pytest.fixture
 def stub(monkeypatch):
-    from pipeline_src.train import launcher
+    from pipeline_src import launcher
 
     monkeypatch.setattr(launcher, "TRAIN_TARGET", STUB_TARGET)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
@@ -181,7 +181,7 @@ _CLI = """
 import signal
 import sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from pipeline_src.train import launcher
+from pipeline_src import launcher
 launcher.TRAIN_TARGET = {target!r}
 from pipeline_src import cli
 sys.exit(cli.main(sys.argv[1:]))
@@ -276,8 +276,8 @@ def test_real_training_same_weights_as_local(slurm_cluster, ws, tmp_path, monkey
         pytest.skip("pipeline_src.train.train not written yet")
     if importlib.util.find_spec("pipeline_src.data.dataset") is None:
         pytest.skip("pipeline_src.data.dataset not written yet (the job cannot use the test-only stand-in)")
+    from pipeline_src import launcher
     from pipeline_src import params as params_mod
-    from pipeline_src.train import launcher
     from tests.test_train import SMALL_MODEL
     from tests.train_fixtures import make_dataset
 

@@ -11,7 +11,8 @@ import math
 import pytest
 
 from pipeline_src import params as P
-from pipeline_src.evaluate import study
+from pipeline_src.aggregate import study
+from pipeline_src.grid import grid_document
 
 # per-image Dice of 4 test images, by (method, seed); semi_medref - supervised is +0.1 everywhere in seed 0 and
 # +0.2 in seed 1, so every bootstrap replicate's seed-averaged difference is exactly 0.15
@@ -173,7 +174,7 @@ def test_committed_full_grid_tracks_the_pretrained_text_tower():
 
     raw = P.load_raw(Path(__file__).resolve().parents[1] / "params.yaml")
     raw["study_size"] = "full"
-    doc = P.grid_document(raw)
+    doc = grid_document(raw)
     full = raw["studies"]["qata"]["full"]
     qata = [r for r in doc["runs"].values() if r["study"] == "qata"]
     assert len(qata) == len(full["fractions"]) * len(full["methods"]) * len(full["seeds"])
@@ -192,8 +193,8 @@ def test_per_sample_table_reads_as_eval_wrote_it_and_a_damaged_one_is_named(tmp_
     import numpy as np
     import pandas as pd
 
+    from pipeline_src.aggregate.study import _read_per_sample
     from pipeline_src.errors import MedrefError
-    from pipeline_src.evaluate.study import _read_per_sample
 
     rng = np.random.default_rng(1)
     dice = rng.random(500) ** 3

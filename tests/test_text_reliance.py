@@ -91,7 +91,7 @@ def test_eval_run_writes_text_reliance_beside_the_dice(tmp_path, monkeypatch):
 
 
 def test_report_rows_carry_the_drops_in_points():
-    from pipeline_src.evaluate.report import TABLE_HEAD, _table_cells, row_for
+    from pipeline_src.aggregate.report import TABLE_HEAD, _table_cells, row_for
 
     m = {"regime": "r", "dataset": "qata", "method": "supervised", "fraction": 0.1, "dice": 0.6, "_file": "r.json",
          "text_reliance": {"drop_shuffled": 0.14, "drop_swapped": 0.03}}

@@ -1,7 +1,7 @@
-"""Evaluation phase: metrics (both Dice conventions, HD95/ASSD/NSD), eval@<regime>, and the report.
+"""Evaluation phase: metrics (both Dice conventions, HD95/ASSD/NSD) and eval@<regime>. study and report, which
+read eval's outputs across runs, are pipeline_src/aggregate/.
 
 metrics.py   per-image and global metrics, empty-mask rules
 evaluate.py  ``medref eval <regime>``; ``evaluate_predictor`` scores a predictor on a dataset
-report.py    ``medref report``
-plots.py     figures (matplotlib Agg)
+plots.py     figures (matplotlib Agg), eval's and the report's
 """

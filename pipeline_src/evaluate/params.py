@@ -1,17 +1,17 @@
-"""params.yaml sections ``eval`` and ``report``."""
+"""params.yaml section ``eval``."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from pipeline_src.inference.params import PostprocessParams
 
 
-class EvalParams(BaseModel):
+class EvalParams(PostprocessParams):
+    """Inference's decision keys (threshold, batch_size, min_component_size: PostprocessParams) and eval's own."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    threshold: float = Field(0.5, gt=0, lt=1)  # probability -> mask
-    batch_size: int = Field(32, ge=1)
-    # post-processing: drop 8-connected predicted components smaller than this many pixels (0 = off)
-    min_component_size: int = Field(0, ge=0)
     # normalised surface Dice: boundary points within this many pixels count as matched
     nsd_tolerance: float = Field(2.0, gt=0)
     # image->text retrieval score when the predictor has .embed (text-guided models)
@@ -25,10 +25,3 @@ class EvalParams(BaseModel):
     # text_reliance_seed) and with left/right swapped in the text, beside the true-text Dice
     text_reliance: bool = True
     text_reliance_seed: int = 0
-
-
-class ReportParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # overlay figures shown per regime in reports/ (taken best, median, worst, then the next rank)
-    n_overlays: int = Field(3, ge=0)

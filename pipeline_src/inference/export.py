@@ -87,8 +87,10 @@ def sidecar(predictor, model_dir: Path, fmt: str, size: int, rule, eval_params: 
     }
 
 
-def run(target: str, fmt: str, out: Path, params_file: Path | None = None) -> dict:
-    """Export ``target`` (a regime or model folder) to ``out`` and ``out`` + ``.json``; returns the sidecar."""
+def run(target: str, fmt: str, out: Path, project=None, project_source: str = "params.yaml") -> dict:
+    """Export ``target`` (a regime or model folder) to ``out`` and ``out`` + ``.json``; returns the sidecar.
+
+    ``project``, ``project_source``: the project's params, as for ``predict.run``."""
     import torch
 
     from pipeline_src.inference.outputs import refuse_dvc_output
@@ -103,8 +105,9 @@ def run(target: str, fmt: str, out: Path, params_file: Path | None = None) -> di
     refuse_dvc_output(out)
     model_dir = resolve_model(target)
     predictor = load_predictor(model_dir, device="cpu")
-    size, rule = input_spec(predictor.config, model_dir, params_file)
-    ep, ep_from = eval_settings(model_dir, predictor.config.get("regime") or model_dir.name, params_file)
+    size, rule = input_spec(predictor.config, model_dir, project, project_source)
+    ep, ep_from = eval_settings(model_dir, predictor.config.get("regime") or model_dir.name, project,
+                                project_source)
     meta = sidecar(predictor, model_dir, fmt, size, rule, ep, ep_from)
     wrapper = _wrapper(predictor.net, predictor.uses_text)
     images = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))

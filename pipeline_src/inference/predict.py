@@ -28,7 +28,6 @@ Texts: ``--text`` for every image, or ``--texts`` a CSV / xlsx table read as ``m
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import sys
@@ -40,6 +39,7 @@ import numpy as np
 
 from pipeline_src import paths
 from pipeline_src.errors import MedrefError
+from pipeline_src.inference.params import PostprocessParams
 
 DICOM_EXTS = (".dcm", ".dicom")
 CSV_COLUMNS = ("id", "image", "text", "lesion_pixels", "lesion_fraction", "regions", "mean_confidence",
@@ -133,29 +133,10 @@ def check_texts(items: list[Item], uses_text: bool, texts_file: Path | None) -> 
                           "that names where the lesion is")
 
 
-def project_params(params_file: Path | None):
-    """The params file given, else ./params.yaml when there is one (validated), else None: a model folder copied
-    out of any repository predicts without one."""
-    pf = Path(params_file or "params.yaml")
-    if not pf.is_file():
-        return None
-    st = pf.stat()
-    return _load_params(str(pf.resolve()), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_params(path: str, mtime_ns: int, size: int):
-    # read once per command (threshold, region constants, thread count all come from it); the key has the
-    # file's mtime and size so that an edited file is read again in a long-lived process
-    from pipeline_src import params
-
-    return params.load(Path(path))
-
-
-def eval_settings(model_dir: Path, regime: str | None, params_file: Path | None) -> tuple[dict, str]:
-    """(eval params, where they came from): the regime's metrics file, else the params file, else defaults."""
-    from pipeline_src.params import EvalParams  # the composer: inference may not import the evaluate phase
-
+def eval_settings(model_dir: Path, regime: str | None, project=None,
+                  project_source: str = "params.yaml") -> tuple[dict, str]:
+    """(decision keys, where they came from): the regime's metrics file, else the project params' ``eval`` section
+    (``project``: the validated params the CLI loaded, or None), else the defaults."""
     if regime and Path(model_dir).resolve() == paths.model_dir(regime).resolve():
         mf = paths.metrics_file(regime)
         if mf.is_file():
@@ -166,20 +147,15 @@ def eval_settings(model_dir: Path, regime: str | None, params_file: Path | None)
                                   "--threshold") from e
             if ep:
                 # only the keys predict uses: a metrics file from another version may hold keys this one lacks
-                keys = ("threshold", "min_component_size", "batch_size")
                 try:
-                    return EvalParams.model_validate({k: ep[k] for k in keys if k in ep}).model_dump(), str(mf)
+                    return PostprocessParams.model_validate(
+                        {k: ep[k] for k in PostprocessParams.model_fields if k in ep}).model_dump(), str(mf)
                 except ValueError as e:
                     raise MedrefError(f"{mf}: eval_params are not valid ({' '.join(str(e).split())}); re-run "
                                       f"`medref eval {regime}` or pass --threshold") from None
-    if (prm := project_params(params_file)) is not None:
-        return prm.eval.model_dump(), f"{params_file or 'params.yaml'} (eval)"
-    return EvalParams().model_dump(), "defaults (no metrics file, no params.yaml)"
-
-
-def _region_params(params_file: Path | None) -> dict:
-    prm = project_params(params_file)
-    return {} if prm is None else prm.pseudolabel.model_dump()
+    if project is not None:
+        return project.eval.model_dump(), f"{project_source} (eval)"
+    return PostprocessParams().model_dump(), "defaults (no metrics file, no params.yaml)"
 
 
 def _pick_device(device: str) -> str:
@@ -192,18 +168,17 @@ def _pick_device(device: str) -> str:
     return device
 
 
-def input_spec(config: dict, model_dir: Path, params_file: Path | None) -> tuple[int, object]:
+def input_spec(config: dict, model_dir: Path, project=None, project_source: str = "params.yaml") -> tuple[int, object]:
     from pipeline_src.data.imageio import IntensityRule
 
     spec = config.get("input") or {}
     size = spec.get("image_size")
     if size is None:  # a model trained before config.json recorded its input
-        prm = project_params(params_file)
-        if prm is None:
+        if project is None:
             raise MedrefError(f"{model_dir}/config.json does not record the training image size (an older model) "
                               "and there is no params.yaml to take preprocess.image_size from")
-        pp = prm.preprocess
-        print(f"[predict] {model_dir}/config.json has no input size: using {params_file or 'params.yaml'}'s "
+        pp = project.preprocess
+        print(f"[predict] {model_dir}/config.json has no input size: using {project_source}'s "
               f"preprocess.image_size {pp.image_size}", file=sys.stderr)
         return pp.image_size, IntensityRule(pp.intensity, tuple(pp.intensity_percentiles))
     # bits: the training dataset's bit depth (manifest.json intensity.bits), so a deep image maps as the training
@@ -309,9 +284,14 @@ def _onnx_export(model_dir: Path, engine: str, device: str):
 
 def run(target: str, images: list[str], out_dir: Path, *, text: str | None = None, texts_file: Path | None = None,
         threshold: float | None = None, probs: bool = False, overlay: bool = False, tta: str | None = None,
-        device: str = "auto", batch_size: int | None = None, params_file: Path | None = None,
+        device: str = "auto", batch_size: int | None = None, project=None, project_source: str = "params.yaml",
         progress: bool = True, engine: str = "auto") -> dict:
-    """Predict masks for ``images``; returns the predict.json summary. See the module docstring."""
+    """Predict masks for ``images``; returns the predict.json summary. See the module docstring.
+
+    ``project``: the project's validated params (``pipeline_src.params.Params``, loaded by the CLI from ``--params``
+    or ./params.yaml, named ``project_source`` in messages), or None for a model folder outside any repository.
+    From it come the eval section (when no metrics file applies), the region constants and the CPU thread count.
+    """
     t0 = time.perf_counter()
     if text is not None and not text.strip():
         raise MedrefError("--text is empty: give the report sentence that names where the lesion is")
@@ -345,10 +325,10 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
         except ValueError as e:
             raise MedrefError(f"{config_file}: not valid JSON ({e}); restore it with `dvc checkout {model_dir}`") from e
         regime = config.get("regime") or model_dir.name
-        ep, ep_source = eval_settings(model_dir, regime, params_file)
+        ep, ep_source = eval_settings(model_dir, regime, project, project_source)
     if threshold is not None:
         ep, ep_source = {**ep, "threshold": threshold}, "--threshold"
-    size, rule = input_spec(config, model_dir, params_file)
+    size, rule = input_spec(config, model_dir, project, project_source)
     limits = input_limits(config, model_dir)
 
     from tqdm import tqdm
@@ -358,7 +338,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     from pipeline_src.labels.mask_regions import mask_to_regions
     from pipeline_src.utils.io import atomic_dir, write_json
 
-    prm = project_params(params_file)
+    prm = project
     onnx = None if exported is not None else _onnx_export(model_dir, engine, device)
     if onnx is not None:  # onnxruntime on CPU, no torch import (pipeline_src/inference/onnx_engine.py)
         from pipeline_src.inference.onnx_engine import OnnxPredictor
@@ -386,7 +366,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
         print(f"[predict] {where(model_dir, paths.eval_dir(regime) if own else None)}", file=sys.stderr)
     else:
         print(f"[predict] exported model {exported}, checked against {sidecar_of(exported)}", file=sys.stderr)
-    region_params = _region_params(params_file)
+    region_params = {} if project is None else project.pseudolabel.model_dump()
     bs = batch_size or int(ep.get("batch_size", 32))
     threshold, min_size = ep["threshold"], int(ep.get("min_component_size", 0))
     batches = [items[i:i + bs] for i in range(0, len(items), bs)]

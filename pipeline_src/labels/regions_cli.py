@@ -9,7 +9,8 @@ Output: ``{"input": <text or path>, "regions": [6 ints of 0/1] | null}`` in the 
 
 A mask whose X-ray sits beside it in the usual layout (``.../masks/mask_X.png`` -> ``.../images/X.png``) is
 located by the lung-field rule; otherwise by fractions of the image height. The region constants come from
-the ``pseudolabel`` section of ``--params`` (default params.yaml; without that file, the fitted defaults). This module never imports torch: it is a
+the ``pseudolabel`` section of ``--params`` (default params.yaml; without that file, the fitted defaults), which
+the CLI reads and hands down. This module never imports torch: it is a
 debugging tool that must start instantly and handle thousands of inputs per call.
 """
 
@@ -17,21 +18,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline_src.errors import MedrefError
 from pipeline_src.labels.text_parser import parse
-
-
-def _mask_params(params_file: str | None) -> dict:
-    """The validated ``pseudolabel`` section of the params file: the one given, else ./params.yaml if
-    there is one, else {} (the fitted defaults)."""
-    from pipeline_src import params
-
-    f = Path(params_file or params.DEFAULT_PARAMS)
-    if params_file is None and not f.is_file():
-        return {}
-    return params.load(f).pseudolabel.model_dump()
 
 
 def _read_texts(texts_file: str) -> list[str]:
@@ -78,8 +69,10 @@ def main(
     texts: list[str] | None = None,
     texts_file: str | None = None,
     masks: list[str] | None = None,
-    params_file: str | None = None,
+    region_params: Callable[[], dict] | None = None,
 ) -> None:
+    """``region_params``: returns the validated ``pseudolabel`` section as keyword arguments of ``mask_to_regions``
+    ({} for the fitted defaults); called only when masks are given (the CLI reads --params or ./params.yaml)."""
     if not texts and not texts_file and not masks:
         raise MedrefError("nothing to label: give report texts, --texts-file FILE (- for standard input) "
                           "or --masks PNG ...")
@@ -93,7 +86,7 @@ def main(
     if masks:
         from pipeline_src.labels.mask_regions import mask_to_regions
 
-        params = _mask_params(params_file)
+        params = region_params() if region_params is not None else {}
         for m in masks:
             path = Path(m)
             if not path.is_file():

@@ -4,7 +4,7 @@
 # (pipeline_src/params.py), the single source of truth for the schema.
 import re
 
-from pipeline_src.params import grid_document
+from pipeline_src.grid import grid_document
 
 DATASETS = list(config["datasets"])
 # `launcher` is the slurm profile's --config entry (where training runs), not a param
@@ -37,6 +37,8 @@ SHARED_CODE = [
     "pipeline_src/labels/params.py",
     "pipeline_src/train/params.py",
     "pipeline_src/evaluate/params.py",
+    "pipeline_src/aggregate/params.py",
+    "pipeline_src/inference/params.py",
     "pipeline_src/models/params.py",
     "pipeline_src/models/__init__.py",
     "pipeline_src/__init__.py",  # sets the CPU numerics (pipeline_src/numerics.py) before torch loads

@@ -8,6 +8,7 @@ rule eval:
         labels_of,
         split_of,
         SHARED_CODE,
+        "pipeline_src/grid.py",
         "pipeline_src/labels/table.py",
         "pipeline_src/labels/text_parser.py",
         "pipeline_src/provenance.py",

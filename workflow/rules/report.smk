@@ -5,7 +5,8 @@ rule study:
     input:
         study_inputs,
         SHARED_CODE,
-        "pipeline_src/evaluate/study.py",
+        "pipeline_src/grid.py",
+        "pipeline_src/aggregate/study.py",
     output:
         report(
             directory("studies/{study}"),
@@ -40,7 +41,7 @@ rule report:
         "pipeline_src/inference/postprocess.py",
         "pipeline_src/data/shards.py",
         "pipeline_src/data/volumes.py",
-        "pipeline_src/evaluate/report.py",
+        "pipeline_src/aggregate/report.py",
         "pipeline_src/evaluate/metrics.py",
         "pipeline_src/evaluate/multiclass.py",
         "pipeline_src/evaluate/plots.py",

@@ -18,6 +18,7 @@ rule train:
             RUNS[w.regime]["text_weights_dep"],
         ],
         SHARED_CODE,
+        "pipeline_src/grid.py",
         "pipeline_src/labels/table.py",
         "pipeline_src/provenance.py",
         "pipeline_src/data/shards.py",
@@ -25,6 +26,7 @@ rule train:
         "pipeline_src/labels/text_parser.py",
         "pipeline_src/models",
         "pipeline_src/train",
+        "pipeline_src/launcher.py",
     output:
         directory("models/{regime}"),
     log:

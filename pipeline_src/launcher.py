@@ -18,6 +18,11 @@ re-loads params and imports the installed package, so no closure of local code i
 Inside an allocation (``SLURM_JOB_ID`` set) training runs in-process instead of submitting
 again. If the caller is interrupted (Ctrl-C, SIGTERM from DVC or Snakemake) the job is
 cancelled, so no orphan is left in the queue.
+
+It sits in the top layer beside cli.py and verify.py (not in the train phase): the job re-loads the composed
+params (pipeline_src.params), which no phase may import. The train function is named by a string
+(``TRAIN_TARGET``, "module:function" or "file.py:function"), not passed as a callable, because the SLURM job
+imports it by that name in its own process; the launcher tests swap in a stand-in file that way.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ import submitit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline_src import numerics
+from pipeline_src import params as params_mod
 from pipeline_src.errors import MedrefError
+from pipeline_src.utils.io import sha256_file, write_json
 
 LAUNCHERS = ("local", "slurm")
 LAUNCHER_ENV = "MEDREF_LAUNCHER"
@@ -159,8 +167,6 @@ def job_parameters(settings: SlurmSettings, regime: str) -> dict[str, Any]:
     user set) as ``export`` lines at the top of the sbatch script: they are in the job's environment before its
     python starts, whatever sbatch's ``--export`` passes; the cluster config's own ``setup:`` lines come after
     them and can still change them. The job's import of pipeline_src then applies the mode (numerics.py)."""
-    from pipeline_src import numerics
-
     p = executor_parameters(settings, regime)
     p["slurm_setup"] = numerics.slurm_setup() + list(p.get("slurm_setup", []))
     return p
@@ -191,8 +197,6 @@ def _call_train(target: str, params, regime: str, paths: dict[str, Path], resume
 
 
 def _file_digest(path: Path) -> str:
-    from pipeline_src.utils.io import sha256_file
-
     return sha256_file(path)
 
 
@@ -225,8 +229,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         )
 
     def __call__(self):
-        from pipeline_src import params as params_mod
-
         k = self.kwargs
         # Provenance (git) and any relative path behave as in the caller. Restored afterwards,
         # so calling a job in-process (tests, debugging) leaves the caller where it was.
@@ -239,8 +241,6 @@ class TrainJob(submitit.helpers.Checkpointable):
                     " resubmit so the result matches the params"
                 )
             p = params_mod.load(params_file)
-            from pipeline_src import numerics
-
             numerics.require(p.base.cpu_numerics)  # the job runs the mode its params record (set before torch)
             paths = {name: Path(v) for name, v in k["paths"].items()}
             return _call_train(k["target"], p, k["regime"], paths, k["resume"])
@@ -268,12 +268,10 @@ def launch(
 ):
     """Train ``regime`` in-process or on SLURM; returns what ``train.run`` returns."""
     params.regime(regime)  # unknown regime -> one clear error before anything is submitted
-    from pipeline_src.params import Params
-
     # Every check train.run can fail, on this host, BEFORE a SLURM job is queued (train.run repeats it: cheap).
     # The checks are train.run's own requirements: a stand-in target (the launcher tests) or stand-in params
     # object has none of them.
-    if isinstance(params, Params) and TRAIN_TARGET == REAL_TRAIN_TARGET:
+    if isinstance(params, params_mod.Params) and TRAIN_TARGET == REAL_TRAIN_TARGET:
         from pipeline_src.train.preflight import preflight
 
         preflight(params, regime, shards_dir=Path(shards_dir), labels_file=Path(labels_file),
@@ -331,8 +329,6 @@ class SlurmLauncher:
             job = ex.submit(job_fn)
         except Exception as e:  # sbatch missing/refused: the message says why
             raise MedrefError(f"launcher slurm: submission failed: {e}") from e
-        from pipeline_src.utils.io import write_json
-
         write_json(folder / "job.json", {"job_id": job.job_id, "regime": regime, "submitted": time.time()})
         return job
 
