@@ -290,9 +290,10 @@ def run(params, regime: str, shards_dir: Path, labels_file: Path, split_file: Pa
     return export(state, params, Path(out_dir))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunState:
-    """What the loop and the export need: data, model, method, optimiser, schedules and the progress so far."""
+    """What the loop and the export need: data, model, method, optimiser, schedules and the progress so far.
+    Built by keyword (kw_only): 21 fields of a few types, where a swapped pair would still run."""
 
     regime: str
     method_name: str
@@ -378,10 +379,12 @@ def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_fil
         "method": plan.method, "seed": seed, "split": plan.split.get("digest"),
         "labelled": len(lab), "unlabelled": len(unl) if unl is not None else 0,
     })
-    state = RunState(regime, plan.method, cfg, seed, device, autocast, lab, unl, val, use_unl, bs_l, bs_u,
-                     steps_per_epoch, total, stop, sched, method, opt, tok, fingerprint,
-                     {"shards_dir": shards_dir, "labels_file": labels_file, "split_file": split_file,
-                      "run_dir": run_dir}, 0, [], {})
+    state = RunState(regime=regime, method_name=plan.method, cfg=cfg, seed=seed, device=device, autocast=autocast,
+                     lab=lab, unl=unl, val=val, use_unl=use_unl, bs_l=bs_l, bs_u=bs_u,
+                     steps_per_epoch=steps_per_epoch, total=total, stop=stop, sched=sched, method=method, opt=opt,
+                     tok=tok, fingerprint=fingerprint,
+                     paths={"shards_dir": shards_dir, "labels_file": labels_file, "split_file": split_file,
+                            "run_dir": run_dir}, step=0, history=[], acc={})
     ckpt = ckpt_io.load_checkpoint(run_dir, fingerprint) if resume else None
     if ckpt is not None:
         method.modules.load_state_dict(ckpt["modules"])
