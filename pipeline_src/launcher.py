@@ -42,12 +42,13 @@ from typing import Any
 
 import submitit
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from pipeline_src import numerics
 from pipeline_src import params as params_mod
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import sha256_file, write_json
+from pipeline_src.utils.schema import Strict
 
 LAUNCHERS = ("local", "slurm")
 LAUNCHER_ENV = "MEDREF_LAUNCHER"
@@ -66,10 +67,8 @@ class SlurmJobError(MedrefError):
 # ---- cluster config --------------------------------------------------------------------
 
 
-class SlurmSettings(BaseModel):
+class SlurmSettings(Strict):
     """``slurm:`` section of cluster.yaml (sbatch options of the training job)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     partition: str | None = None
     account: str | None = None
@@ -87,9 +86,7 @@ class SlurmSettings(BaseModel):
     additional: dict[str, Any] = Field(default_factory=dict)
 
 
-class ClusterConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ClusterConfig(Strict):
     launcher: str | None = None
     slurm: SlurmSettings = SlurmSettings()
 

@@ -22,6 +22,7 @@ from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate.params import EvalParams
 from pipeline_src.labels.params import PseudolabelParams
 from pipeline_src.train.params import PretrainTextParams, TrainParams
+from pipeline_src.utils.schema import Strict
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -36,8 +37,7 @@ class ParamsError(MedrefError):
     """A params.yaml problem; the message names the file and key."""
 
 
-class BaseParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class BaseParams(Strict):
     seed: int = 1234
     # CPU intra-op threads for train and eval. A tracked param because on CPU the thread count
     # changes the summation order, hence the weights' bits: pinning it makes DVC (which leaves
@@ -65,10 +65,8 @@ def split_name(dataset: str, fraction: float) -> str:
     return f"{dataset}_{pct_name(fraction)}"
 
 
-class RegimeParams(BaseModel):
+class RegimeParams(Strict):
     """One run (a cell of a study grid, or a run named under ``regimes:``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str
     fraction: float = Field(gt=0.0, le=1.0)
@@ -86,26 +84,23 @@ class RegimeParams(BaseModel):
         return split_name(self.dataset, self.fraction)
 
 
-class VariantParams(BaseModel):
+class VariantParams(Strict):
     """A named variant: a method plus ``train:`` overrides (``semi_medref-no_posaug``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     method: str
     train: dict[str, Any] = Field(default_factory=dict)
     _method = field_validator("method")(_known_method)
 
 
-class StudyAxes(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class StudyAxes(Strict):
     fractions: list[float] | None = None
     methods: list[str] | None = None
     seeds: list[int] | None = None
 
 
-class StudyParams(BaseModel):
+class StudyParams(Strict):
     """dataset x fractions x methods (or variants) x seeds; ``full:`` holds the axes of ``study_size: full``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     dataset: str
     headline: str | None = None         # the method/variant whose runs are named without it (qata_10pct)
     fractions: list[float] = Field(min_length=1)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from pipeline_src.inference.params import PostprocessParams
 
 
 class EvalParams(PostprocessParams):
     """Inference's decision keys (threshold, batch_size, min_component_size: PostprocessParams) and eval's own."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # normalised surface Dice: boundary points within this many pixels count as matched
     nsd_tolerance: float = Field(2.0, gt=0)

@@ -6,12 +6,12 @@ They stay flat in params.yaml's ``eval`` section (``EvalParams`` extends this mo
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from pipeline_src.utils.schema import Strict
 
 
-class PostprocessParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class PostprocessParams(Strict):
     threshold: float = Field(0.5, gt=0, lt=1)  # probability -> mask
     batch_size: int = Field(32, ge=1)
     # post-processing: drop 8-connected predicted components smaller than this many pixels (0 = off)

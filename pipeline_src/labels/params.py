@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from pipeline_src.utils.schema import Strict
 
 
-class PseudolabelParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class PseudolabelParams(Strict):
     # Fitted on the real QaTa TRAIN sample only by
     #   PYTHONPATH=. .venv/bin/python tools/fit_mask_regions.py ../shared/data/qata_sample
     # (grid search for the exact 6-region match with the parsed text); see mask_regions.py for the rule.
