@@ -32,6 +32,8 @@ OPSET = 17
 def _wrapper(net, uses_text: bool):
     import torch
 
+    from pipeline_src.inference.predictor import probabilities
+
     class Probs(torch.nn.Module):
         """images (+ tokens) -> probabilities: the part of ``Predictor.predict`` that is a graph."""
 
@@ -40,8 +42,7 @@ def _wrapper(net, uses_text: bool):
             self.net = net
 
         def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
-            logits = self.net(images, tokens if uses_text else None)["logits"].float()
-            return torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)
+            return probabilities(self.net(images, tokens if uses_text else None)["logits"])
 
     return Probs().eval()
 

@@ -21,6 +21,13 @@ import torch.nn.functional as F
 from pipeline_src.errors import MedrefError
 
 
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The network's logits [B,C,H,W] as probabilities, in float32: sigmoid for one channel (binary), softmax over
+    the channels otherwise (multi-class). The one rule: Predictor.predict and the exported graphs use it."""
+    logits = logits.float()
+    return torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)
+
+
 class Predictor:
     """Frozen network for evaluation: ``predict`` -> probabilities, ``embed`` -> (image_emb, text_emb).
 
@@ -51,8 +58,7 @@ class Predictor:
         return self.net(images, tokens)
 
     def _probs(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        logits = self._forward(images, texts)["logits"].float()
-        return torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)
+        return probabilities(self._forward(images, texts)["logits"])
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, texts: list[str], tta: str | None = None) -> torch.Tensor:
