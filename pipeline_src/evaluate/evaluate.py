@@ -259,7 +259,7 @@ def run(
     if not (model_dir / "model.pt").exists():
         raise MedrefError(f"{model_dir}/model.pt: no trained model (run `medref train {regime}` first)")
     _require_trained_on(model_dir, shards_dir, regime)
-    r = params.regime(regime)
+    params.regime(regime)  # an unknown run: one clear error before the model loads
     ep = params.eval
     torch.set_num_threads(params.base.cpu_threads)  # same bits as any engine/launcher (see base.cpu_threads)
     split = eval_split(shards_dir)
@@ -271,12 +271,7 @@ def run(
         raise MedrefError(f"{shards_dir}: the {split!r} split has no rows; nothing to evaluate")
     if dataset.class_index:  # multi-class volumes: per-case 3-D metrics per class
         summary, per_case = evaluate_volumes(predictor, dataset, shards_dir, ep.batch_size, desc=f"eval {regime}")
-        metrics = {
-            "regime": regime, "dataset": r.dataset, "method": r.method, "fraction": r.fraction, "eval_split": split,
-            **summary,
-            "eval_params": ep.model_dump(mode="json"),
-            "provenance": _provenance(params, regime, model_dir, shards_dir, labels_file, device),
-        }
+        metrics = _metrics_file(params, regime, split, summary, model_dir, shards_dir, labels_file, device)
         with atomic_dir(out_dir) as tmp:
             per_case.to_csv(tmp / "per_sample.csv", index=False, float_format="%.6g")
             from pipeline_src.evaluate.multiclass import format_table
@@ -313,16 +308,7 @@ def run(
         summary["text_reliance"] = text_reliance(
             predictor, dataset, per_sample["text"].tolist(), summary["dice"], seed=ep.text_reliance_seed,
             threshold=ep.threshold, batch_size=ep.batch_size, min_component_size=ep.min_component_size)
-    metrics = {
-        "regime": regime,
-        "dataset": r.dataset,
-        "method": r.method,
-        "fraction": r.fraction,
-        "eval_split": split,
-        **summary,
-        "eval_params": ep.model_dump(mode="json"),
-        "provenance": _provenance(params, regime, model_dir, shards_dir, labels_file, device),
-    }
+    metrics = _metrics_file(params, regime, split, summary, model_dir, shards_dir, labels_file, device)
     with atomic_dir(out_dir) as tmp:
         per_sample.to_csv(tmp / "per_sample.csv", index=False, float_format="%.6g")
         plots.dice_histogram(
@@ -336,6 +322,19 @@ def run(
     write_json(metrics_file, metrics)
     return metrics
 
+
+
+def _metrics_file(params, regime: str, split: str, summary: dict, model_dir: Path, shards_dir: Path,
+                  labels_file: Path, device: str) -> dict:
+    """metrics/<regime>.json: the run, the scores (binary or multi-class ``summary``), the eval params and the
+    provenance, in that order for both kinds."""
+    r = params.regime(regime)
+    return {
+        "regime": regime, "dataset": r.dataset, "method": r.method, "fraction": r.fraction, "eval_split": split,
+        **summary,
+        "eval_params": params.eval.model_dump(mode="json"),
+        "provenance": _provenance(params, regime, model_dir, shards_dir, labels_file, device),
+    }
 
 def _write_card(out: Path, model_dir: Path, metrics: dict) -> None:
     """eval/<regime>/MODEL.md: train's card completed with these metrics (models/<regime>/ is train's output,
