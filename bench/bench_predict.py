@@ -97,10 +97,12 @@ def main() -> None:
             evaluate_predictor(pred, items, batch_size=a.batch_size, distances=False, progress=False)
             return time.perf_counter() - t, time.perf_counter() - t1
 
+        project = load(Path(a.params))  # what the CLI hands predict (its --params)
+
         def predict_s(files: list[str], out: str) -> float:
             t = time.perf_counter()
             P.run(str(tmp / "model"), files, tmp / out, text=TEXT, batch_size=a.batch_size, device="cpu",
-                  params_file=Path(a.params), progress=False)
+                  project=project, project_source=a.params, progress=False)
             return time.perf_counter() - t
 
         folder, first = [str(tmp / "images")], [str(sorted((tmp / "images").iterdir())[0])]
