@@ -18,7 +18,8 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline_src.models.params import weight_deps
-from pipeline_src.params import FORCED_ARCH, Params, ParamsError, RegimeParams, _fmt, load_raw
+from pipeline_src.params import FORCED_ARCH, Params, ParamsError, RegimeParams, load_raw
+from pipeline_src.utils.schema import validation_message
 
 GRID_FILE = Path("workflow/grid.yaml")
 GRID_HEADER = """\
@@ -35,7 +36,7 @@ def grid_document(raw: dict[str, Any]) -> dict[str, Any]:
     try:
         params = Params.model_validate(raw)
     except ValidationError as e:
-        raise ParamsError(_fmt(e)) from e
+        raise ParamsError(validation_message(e)) from e
     # the engines' pretrain_text stages (a params file used outside them need not hold these datasets)
     for name in params.pretrain_text.datasets:
         if name not in params.datasets:
@@ -82,7 +83,12 @@ def _tracked_keys(raw: dict[str, Any], name: str, r: RegimeParams) -> dict[str, 
 
 
 def grid_text(raw: dict[str, Any]) -> str:
-    return GRID_HEADER + yaml.safe_dump(grid_document(raw), sort_keys=False, default_flow_style=None, width=120)
+    return document_text(grid_document(raw))
+
+
+def document_text(doc: dict[str, Any]) -> str:
+    """workflow/grid.yaml's text for a grid document."""
+    return GRID_HEADER + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
 
 
 def require_current_grid(params_file: str | Path, grid_file: str | Path = GRID_FILE) -> None:

@@ -48,7 +48,7 @@ from pipeline_src import numerics
 from pipeline_src import params as params_mod
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import sha256_file, write_json
-from pipeline_src.utils.schema import Strict
+from pipeline_src.utils.schema import Strict, validation_message
 
 LAUNCHERS = ("local", "slurm")
 LAUNCHER_ENV = "MEDREF_LAUNCHER"
@@ -109,8 +109,7 @@ def load_cluster_config(path: Path | None = None) -> ClusterConfig:
     except yaml.YAMLError as e:
         raise MedrefError(f"{path}: not valid YAML: {e}") from e
     except ValidationError as e:
-        msg = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise MedrefError(f"{path}: {msg}") from e
+        raise MedrefError(f"{path}: {validation_message(e)}") from e
     if cfg.launcher is not None and cfg.launcher not in LAUNCHERS:
         raise MedrefError(f"{path}: launcher: {cfg.launcher!r} is not one of {', '.join(LAUNCHERS)}")
     return cfg

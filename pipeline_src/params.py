@@ -22,7 +22,7 @@ from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate.params import EvalParams
 from pipeline_src.labels.params import PseudolabelParams
 from pipeline_src.train.params import PretrainTextParams, TrainParams
-from pipeline_src.utils.schema import Strict
+from pipeline_src.utils.schema import Strict, validation_message
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -269,7 +269,7 @@ class Params(BaseModel):
         except ValidationError as e:
             where = (f"studies.{r.study}.train + variants.{r.variant}.train (run {regime})" if r.study
                      else f"regimes.{regime}.train")
-            raise ParamsError(f"{where}: {_fmt(e)}") from e  # load() names the file
+            raise ParamsError(f"{where}: {validation_message(e)}") from e  # load() names the file
 
 
 def _has(tree: dict, dotted: str) -> bool:
@@ -292,8 +292,6 @@ def deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def _fmt(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -343,7 +341,7 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as e:
-        raise ParamsError(f"{path}: {_fmt(e)}") from e
+        raise ParamsError(f"{path}: {validation_message(e)}") from e
     params._source = str(path)
     for name, st in params.studies.items():
         if st.dataset not in params.datasets:
@@ -355,7 +353,7 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Params:
         try:
             TrainParams.model_validate(deep_merge(params.train.model_dump(), over))
         except ValidationError as e:
-            raise ParamsError(f"{path}: {key}: {_fmt(e)}") from e
+            raise ParamsError(f"{path}: {key}: {validation_message(e)}") from e
     for name, r in params.regimes.items():
         if r.dataset not in params.datasets:
             raise ParamsError(f"{path}: regimes.{name}.dataset: unknown dataset {r.dataset!r}")
