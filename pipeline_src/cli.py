@@ -56,9 +56,8 @@ def _project_params(args: argparse.Namespace):
     (None, "params.yaml"), and the command uses what the model folder records, else the defaults."""
     from pipeline_src import params
 
-    given = getattr(args, "params", None)
-    f = Path(given or DEFAULT_PARAMS)
-    return (params.load(f) if given or f.is_file() else None), str(f)
+    f = _params_file(args)
+    return (params.load(f) if args.params or f.is_file() else None), str(f)
 
 
 def _move_to_repo_root(args: argparse.Namespace) -> None:
@@ -153,7 +152,8 @@ def cmd_grid(args: argparse.Namespace) -> None:
     from pipeline_src import grid, params
     from pipeline_src.utils.io import write_text
 
-    text = grid.grid_text(params.load_raw(_params_file(args)))
+    doc = grid.grid_document(params.load_raw(_params_file(args)))
+    text = grid.document_text(doc)
     out = Path(args.out or grid.GRID_FILE)
     if args.check:
         if not out.is_file() or out.read_text(encoding="utf-8") != text:
@@ -161,7 +161,6 @@ def cmd_grid(args: argparse.Namespace) -> None:
         print(f"[grid] {out} is current")
         return
     write_text(out, text)
-    doc = grid.grid_document(params.load_raw(_params_file(args)))
     print(f"[grid] {len(doc['runs'])} runs, {len(doc['splits'])} splits, {len(doc['study_runs'])} studies -> {out}")
 
 

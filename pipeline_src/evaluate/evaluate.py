@@ -323,7 +323,6 @@ def run(
     return metrics
 
 
-
 def _metrics_file(params, regime: str, split: str, summary: dict, model_dir: Path, shards_dir: Path,
                   labels_file: Path, device: str) -> dict:
     """metrics/<regime>.json: the run, the scores (binary or multi-class ``summary``), the eval params and the
@@ -335,6 +334,7 @@ def _metrics_file(params, regime: str, split: str, summary: dict, model_dir: Pat
         "eval_params": params.eval.model_dump(mode="json"),
         "provenance": _provenance(params, regime, model_dir, shards_dir, labels_file, device),
     }
+
 
 def _write_card(out: Path, model_dir: Path, metrics: dict) -> None:
     """eval/<regime>/MODEL.md: train's card completed with these metrics (models/<regime>/ is train's output,
