@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pipeline_src.models.folder import live_tsv as tsv
 from pipeline_src.models.params import weight_deps
 from pipeline_src.params import FORCED_ARCH, Params, ParamsError, RegimeParams, load_raw
 from pipeline_src.utils.schema import validation_message
@@ -56,9 +57,6 @@ TEACHER_STUDENT = ("semi_medref", "mean_teacher", "cutmix_ssl")
 def _live_plots(params: Params) -> dict[str, dict[str, str]]:
     """dvc.yaml's `plots:` y-maps over every run's DVCLive log (models/<run>/live/plots/metrics/<key>.tsv -> key):
     DVC cannot glob, so the grid file spells them out, one map per plot."""
-    def tsv(run: str, key: str) -> str:
-        return f"models/{run}/live/plots/metrics/{key}.tsv"
-
     ts = [n for n, r in params.regimes.items() if r.method in TEACHER_STUDENT]
     return {
         "train_loss": {tsv(n, "train_loss"): "train_loss" for n in params.regimes},

@@ -32,6 +32,7 @@ import yaml
 
 from pipeline_src import numerics, paths
 from pipeline_src.errors import MedrefError
+from pipeline_src.models.folder import PROVENANCE, ModelFolder
 from pipeline_src.provenance import cpu_hint, cpu_model, version_mismatch
 
 GPU_METRIC_TOLERANCE = 1e-3  # absolute, on metrics in [0, 1]; declared here and in the README
@@ -84,14 +85,14 @@ def _load_lock(path: Path) -> dict[str, Any]:
 
 def provenance(regime: str, repo: Path = Path(".")) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    model_prov = repo / paths.model_dir(regime) / "provenance.json"
+    model = ModelFolder(repo / paths.model_dir(regime))
     metrics = repo / paths.metrics_file(regime)
-    if model_prov.exists():
-        out["model"] = json.loads(model_prov.read_text())
+    if (prov := model.provenance()) is not None:
+        out["model"] = prov
     if metrics.exists():
         out["metrics"] = json.loads(metrics.read_text()).get("provenance")
     if not out:
-        raise MedrefError(f"no provenance for regime {regime!r}: neither {model_prov} nor {metrics} exists")
+        raise MedrefError(f"no provenance for regime {regime!r}: neither {model.path / PROVENANCE} nor {metrics} exists")
     return out
 
 

@@ -74,8 +74,9 @@ PHASE_MAY_IMPORT = {
     "train": {"data", "labels", "models"},
     "inference": {"data", "labels", "models"},
     "evaluate": {"data", "labels", "models", "inference"},
-    # study and report: across runs, from eval's outputs; they never load a model
-    "aggregate": {"evaluate"},
+    # study and report: across runs, from eval's outputs; they never load a model (models/: only the model folder's
+    # torch-free reader, for the DVCLive log)
+    "aggregate": {"evaluate", "models"},
 }
 # (importer, imported) pairs accepted against the rules above, each with its reason.
 ALLOWED: dict[tuple[str, str], str] = {}

@@ -212,7 +212,7 @@ def test_learning_curves_teacher_student_and_fallback(built):
     assert not (built / "curves" / "qata_1pct.png").exists()  # no log: no figure, no row
     assert "| qata_10pct_semi | semi_medref | 3 | 0.7000 | 0.5000 | 0.5000 | 0.5500 |" in md
     assert "| qata_10pct | supervised | 3 | 0.7000 | 0.5000 | — | — |" in md  # today's logs: no student/teacher
-    series = report.read_live(built.parent / "models" / "qata_10pct_semi" / "live")
+    series = report.read_live(built.parent / "models" / "qata_10pct_semi")
     assert set(series) == {"train_loss", "train_loss_sup", "val_dice", "val_dice_student", "val_dice_teacher"}
     assert series["val_dice_teacher"][-1] == (2.0, 0.55)
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate import plots
 from pipeline_src.evaluate.metrics import REGIONS
+from pipeline_src.models.folder import LIVE, ModelFolder
 from pipeline_src.utils.io import atomic_dir
 
 # Published reference numbers (percent), NOT produced by this pipeline. "convention" says how the
@@ -399,35 +400,22 @@ TEACHER_STUDENT = ("val_dice_student", "val_dice_teacher")
 TS_METHODS = ("semi_medref", "mean_teacher", "cutmix_ssl")  # the methods whose logs should hold them
 
 
-def read_live(live_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """{metric: [(step, value), ...]} from a DVCLive folder's plots/metrics/<metric>.tsv (step = epoch here: train.py
-    replays one DVCLive step per epoch row of its history). An absent folder gives {}."""
-    series: dict[str, list[tuple[float, float]]] = {}
-    for f in sorted((Path(live_dir) / "plots" / "metrics").glob("*.tsv")):
-        if not f.stem.startswith(CURVE_PREFIXES):
-            continue
-        with open(f, newline="") as fh:
-            pts = []
-            for row in csv.DictReader(fh, delimiter="\t"):
-                try:
-                    pts.append((float(row["step"]), float(row[f.stem])))
-                except (KeyError, TypeError, ValueError):
-                    continue  # a malformed line costs its point, not the report
-        if pts:
-            series[f.stem] = pts
-    return series
+def read_live(model_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """{metric: [(step, value), ...]} of the curves drawn, from the model folder's DVCLive log (step = epoch here:
+    train.py replays one DVCLive step per epoch row of its history). A folder without a log gives {}."""
+    return {k: v for k, v in ModelFolder(model_dir).learning_curves().items() if k.startswith(CURVE_PREFIXES)}
 
 
 def _learning_curves(out: Path, models_root: Path, ours: list[dict]) -> dict[str, dict]:
     """curves/<regime>.png for each run with a DVCLive log; {regime: {png, method, epochs, last values}}."""
     shown: dict[str, dict] = {}
     for r in ours:
-        series = read_live(Path(models_root) / r["regime"] / "live")
+        series = read_live(Path(models_root) / r["regime"])
         if not series:
             continue
         png = f"curves/{r['regime']}.png"
         plots.learning_curves(series, out / png, f"{r['regime']} ({r['method']}): per epoch, from models/"
-                                                 f"{r['regime']}/live", teacher_student=r["method"] in TS_METHODS)
+                                                 f"{r['regime']}/{LIVE}", teacher_student=r["method"] in TS_METHODS)
         last = {k: v[-1][1] for k, v in series.items()}
         epochs = max(int(v[-1][0]) + 1 for v in series.values())
         shown[r["regime"]] = {"png": png, "method": r["method"], "epochs": epochs, "last": last,

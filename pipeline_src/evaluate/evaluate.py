@@ -17,7 +17,6 @@ never needs a model, and MODEL.md: the model folder's card completed with these 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,9 @@ from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate import metrics as M
 from pipeline_src.evaluate import plots
 from pipeline_src.labels.table import read_labels
+from pipeline_src.models import card
 from pipeline_src.models.alignment import alignment_score
+from pipeline_src.models.folder import CARD, ModelFolder
 from pipeline_src.utils.io import atomic_dir, write_json
 
 OVERLAY_KINDS = ("best", "median", "worst")
@@ -256,8 +257,7 @@ def run(
     from pipeline_src.data.shards import eval_split
 
     model_dir, shards_dir, labels_file = Path(model_dir), Path(shards_dir), Path(labels_file)
-    if not (model_dir / "model.pt").exists():
-        raise MedrefError(f"{model_dir}/model.pt: no trained model (run `medref train {regime}` first)")
+    ModelFolder(model_dir).require_weights(regime)
     _require_trained_on(model_dir, shards_dir, regime)
     params.regime(regime)  # an unknown run: one clear error before the model loads
     ep = params.eval
@@ -339,9 +339,7 @@ def _metrics_file(params, regime: str, split: str, summary: dict, model_dir: Pat
 def _write_card(out: Path, model_dir: Path, metrics: dict) -> None:
     """eval/<regime>/MODEL.md: train's card completed with these metrics (models/<regime>/ is train's output,
     never modified here)."""
-    from pipeline_src.inference.card import CARD, complete
-
-    if (text := complete(model_dir, metrics)) is not None:
+    if (text := card.complete(model_dir, metrics)) is not None:
         (out / CARD).write_text(text)
 
 
@@ -350,13 +348,8 @@ def _require_trained_on(model_dir: Path, shards_dir: Path, regime: str) -> None:
     image size since): its provenance records the shards digest, the manifest holds the current one."""
     from pipeline_src.data.shards import load_manifest
 
-    prov = Path(model_dir) / "provenance.json"
-    if not prov.is_file():
-        return  # a model folder from elsewhere, without provenance: the predictor's own checks still apply
-    try:
-        trained_on = (json.loads(prov.read_text()).get("inputs") or {}).get("shards")
-    except ValueError as e:
-        raise MedrefError(f"{prov}: not valid JSON ({e}); restore it with `dvc checkout {model_dir}`") from e
+    # a model folder from elsewhere, without provenance, records nothing: the predictor's own checks still apply
+    trained_on = ModelFolder(model_dir).trained_on_shards()
     now = load_manifest(shards_dir).get("digest")
     if trained_on is not None and now is not None and trained_on != now:
         raise MedrefError(
@@ -419,17 +412,15 @@ def _provenance(params, regime: str, model_dir: Path, shards_dir: Path, labels_f
     raw = params.model_dump(mode="json")
     keys = ["base", "eval", f"regimes.{regime}"]
     extra = {}
-    train_prov = model_dir / "provenance.json"
-    if train_prov.exists():
-        tp = json.loads(train_prov.read_text())
-        # what trained the model: its commit, params, data (split) and pretrained weights digests
-        extra["train"] = {k: tp.get(k) for k in ("git", "params_digest", "inputs", "weights")}
+    folder = ModelFolder(model_dir)
+    if (trained := folder.train_record()) is not None:  # what trained the model: its commit, params, data, weights
+        extra["train"] = trained
     if str(device).startswith("cpu"):  # CPU metrics: bit-identical on the same CPU kind, or any x86-64 (portable)
         extra.update(provenance.cpu_record())
     return provenance.block(
         raw,
         keys,
-        {"model": model_dir / "model.pt", "shards": shards_dir, "labels": labels_file},
+        {"model": folder.model_file, "shards": shards_dir, "labels": labels_file},
         device=device,
         extra=extra,
     )

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.models import folder
 
 OPSET = 17
 
@@ -95,7 +96,7 @@ def run(target: str, fmt: str, out: Path, project=None, project_source: str = "p
     import torch
 
     from pipeline_src.inference.outputs import refuse_dvc_output
-    from pipeline_src.inference.predict import eval_settings, input_spec, resolve_model
+    from pipeline_src.inference.predict import eval_settings, input_spec
     from pipeline_src.inference.predictor import load_predictor
     from pipeline_src.inference.sidecar import seal, sidecar_of
     from pipeline_src.utils.io import atomic_file, sha256_bytes, write_json
@@ -104,7 +105,7 @@ def run(target: str, fmt: str, out: Path, project=None, project_source: str = "p
         raise MedrefError(f"--format {fmt}: known formats are torchscript and onnx")
     out = Path(out)
     refuse_dvc_output(out)
-    model_dir = resolve_model(target)
+    model_dir = folder.resolve(target)
     predictor = load_predictor(model_dir, device="cpu")
     size, rule = input_spec(predictor.config, model_dir, project, project_source)
     ep, ep_from = eval_settings(model_dir, predictor.config.get("regime") or model_dir.name, project,

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.models.folder import ModelFolder
 
-EXPORT = "model.onnx"
 ENGINES = ("auto", "torch", "onnx")
 # open_clip.tokenizer.SimpleTokenizer's constants: the vocabulary file, how many merges it reads, its split pattern
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -37,7 +37,7 @@ def export_of(model_dir: Path) -> tuple[Path, dict] | None:
     """(model.onnx, its sidecar) when the folder holds both, else None."""
     from pipeline_src.inference.sidecar import read_sidecar, sidecar_of
 
-    onnx_file = Path(model_dir) / EXPORT
+    onnx_file = ModelFolder(model_dir).export_file
     if not (onnx_file.is_file() and sidecar_of(onnx_file).is_file()):
         return None
     return onnx_file, read_sidecar(onnx_file)  # sealed: an edited sidecar or a replaced model.onnx is refused
@@ -45,17 +45,16 @@ def export_of(model_dir: Path) -> tuple[Path, dict] | None:
 
 def usable(model_dir: Path, meta: dict) -> str | None:
     """Why the export cannot stand in for the folder's model.pt (None when it can)."""
-    from pipeline_src.utils.io import sha256_file
 
     if meta.get("format") != "onnx":
         return f"its sidecar says format {meta.get('format')!r}, not onnx"
     text = meta.get("text")
     if text and not str(text.get("tokenizer", "")).startswith("open_clip.tokenizer.SimpleTokenizer"):
         return f"its text tower has its own tokenizer ({text.get('tokenizer')}), which only the torch engine runs"
-    pt = Path(model_dir) / "model.pt"
-    # the digest only (predictor.py, which verifies model.pt against provenance.json, imports torch): an export of
-    # this very model.pt stands in for it, whatever happened to it since
-    if pt.is_file() and sha256_file(pt) != meta.get("model_sha256"):
+    folder = ModelFolder(model_dir)
+    # the digest only (the predictor checks it against provenance.json, and loads torch): an export of this very
+    # model.pt stands in for it, whatever happened to it since
+    if folder.has_weights() and folder.weights_digest() != meta.get("model_sha256"):
         return "it was exported from another model.pt (sha256 differs): re-export it"
     return None
 

@@ -40,6 +40,8 @@ import numpy as np
 from pipeline_src import paths
 from pipeline_src.errors import MedrefError
 from pipeline_src.inference.params import PostprocessParams
+from pipeline_src.models import card, folder
+from pipeline_src.models.folder import CONFIG, EXPORT
 
 DICOM_EXTS = (".dcm", ".dicom")
 CSV_COLUMNS = ("id", "image", "text", "lesion_pixels", "lesion_fraction", "regions", "mean_confidence",
@@ -51,18 +53,6 @@ class Item:
     id: str
     path: Path
     text: str | None
-
-
-def resolve_model(target: str) -> Path:
-    """A model folder given as a path, or a regime's ``models/<regime>``."""
-    p = Path(target)
-    if p.is_dir():
-        return p
-    regime_dir = paths.model_dir(p.name)
-    if regime_dir.is_dir():
-        return regime_dir
-    raise MedrefError(f"{target}: neither a model folder nor a regime with a model in {regime_dir}; train it "
-                      f"(`medref train {p.name}`) or fetch it (`dvc pull {regime_dir}`)")
 
 
 def collect_images(args: list[str]) -> list[Path]:
@@ -175,10 +165,10 @@ def input_spec(config: dict, model_dir: Path, project=None, project_source: str 
     size = spec.get("image_size")
     if size is None:  # a model trained before config.json recorded its input
         if project is None:
-            raise MedrefError(f"{model_dir}/config.json does not record the training image size (an older model) "
+            raise MedrefError(f"{model_dir}/{CONFIG} does not record the training image size (an older model) "
                               "and there is no params.yaml to take preprocess.image_size from")
         pp = project.preprocess
-        print(f"[predict] {model_dir}/config.json has no input size: using {project_source}'s "
+        print(f"[predict] {model_dir}/{CONFIG} has no input size: using {project_source}'s "
               f"preprocess.image_size {pp.image_size}", file=sys.stderr)
         return pp.image_size, IntensityRule(pp.intensity, tuple(pp.intensity_percentiles))
     # bits: the training dataset's bit depth (manifest.json intensity.bits), so a deep image maps as the training
@@ -194,7 +184,7 @@ def input_limits(config: dict, model_dir: Path):
     from pipeline_src.data.params import PreprocessParams
 
     spec, d = config.get("input") or {}, PreprocessParams()
-    where = f"{model_dir}/config.json input" if "max_megapixels" in spec else "preprocess (defaults)"
+    where = f"{model_dir}/{CONFIG} input" if "max_megapixels" in spec else "preprocess (defaults)"
     return Limits(int(spec.get("min_image_side", d.min_image_side)),
                   float(spec.get("max_megapixels", d.max_megapixels)), where)
 
@@ -264,7 +254,7 @@ def _check_out(out_dir: Path, images: list[Path], texts_file: Path | None) -> No
 
 def _onnx_export(model_dir: Path, engine: str, device: str):
     """(model.onnx, sidecar) when ``engine`` (auto | torch | onnx) and the folder say to run the ONNX export."""
-    from pipeline_src.inference.onnx_engine import ENGINES, EXPORT, export_of, usable
+    from pipeline_src.inference.onnx_engine import ENGINES, export_of, usable
 
     if engine not in ENGINES:
         raise MedrefError(f"--engine {engine}: known engines are {', '.join(ENGINES)}")
@@ -305,7 +295,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
 
     # an exported file (`medref export`): its sealed sidecar is checked before anything else is read
     exported = Path(target) if Path(target).is_file() and Path(target).suffix in SUFFIXES else None
-    model_dir = exported if exported is not None else resolve_model(target)
+    model_dir = exported if exported is not None else folder.resolve(target)
     files = collect_images(images)
     ids = _ids(files)
     _check_out(out_dir, files, texts_file)
@@ -319,11 +309,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
         regime = config.get("regime") or exported.stem
         ep, ep_source = predictor.eval_params, f"{sidecar_of(exported)} (export)"
     else:
-        config_file = model_dir / "config.json"
-        try:
-            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        except ValueError as e:
-            raise MedrefError(f"{config_file}: not valid JSON ({e}); restore it with `dvc checkout {model_dir}`") from e
+        config = folder.ModelFolder(model_dir).config()
         regime = config.get("regime") or model_dir.name
         ep, ep_source = eval_settings(model_dir, regime, project, project_source)
     if threshold is not None:
@@ -333,7 +319,6 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
 
     from tqdm import tqdm
 
-    from pipeline_src.inference.card import where
     from pipeline_src.inference.postprocess import postprocess
     from pipeline_src.labels.mask_regions import mask_to_regions
     from pipeline_src.utils.io import atomic_dir, write_json
@@ -363,7 +348,7 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     check_texts(items, predictor.uses_text, texts_file)
     if exported is None:
         own = model_dir.resolve() == paths.model_dir(regime).resolve()  # the regime's own folder: eval's card applies
-        print(f"[predict] {where(model_dir, paths.eval_dir(regime) if own else None)}", file=sys.stderr)
+        print(f"[predict] {card.where(model_dir, paths.eval_dir(regime) if own else None)}", file=sys.stderr)
     else:
         print(f"[predict] exported model {exported}, checked against {sidecar_of(exported)}", file=sys.stderr)
     region_params = {} if project is None else project.pseudolabel.model_dump()

@@ -5,20 +5,19 @@
     probs = p.predict(images, texts)                 # [B,1,H,W] (binary) or [B,C,H,W] (multi-class)
     probs = p.predict(images, texts, tta="flip")     # mean with the mirrored view (its text's sides swapped)
 
-A model folder (``models/<regime>/``, or a copy of one) holds ``model.pt`` = ``{state_dict, model_config, method,
-regime}``; the architecture comes from the file (``model_config``), not from the current params, so a folder pulled
-from a collaborator's DVC remote loads without the data or the training code's params.
+The model folder (``models/<regime>/``, or a copy of one) is read through ``pipeline_src/models/folder.py``; the
+architecture comes from model.pt (``model_config``), not from the current params.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.models.folder import ModelFolder
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -91,41 +90,13 @@ class Predictor:
             None if txt is None else F.normalize(txt.float(), dim=-1).cpu())
 
 
-def _recover(model_dir: Path) -> str:
-    return (f"restore it with `dvc checkout {model_dir}` (or retrain: `dvc repro -f train@{model_dir.name}` / "
-            f"`medref train {model_dir.name}`)")
-
-
-def _verify_model_file(model_dir: Path, path: Path) -> str:
-    """model.pt against the sha256 that training recorded in provenance.json (older models have none); its digest."""
-    from pipeline_src.utils.io import sha256_file
-
-    prov = model_dir / "provenance.json"
-    try:
-        expected = json.loads(prov.read_text()).get("model_sha256") if prov.is_file() else None
-    except ValueError as e:
-        raise MedrefError(f"{prov}: not valid JSON ({e}); {_recover(model_dir)}") from e
-    digest = sha256_file(path)
-    if expected is not None and digest != expected:
-        raise MedrefError(f"{path}: corrupted or modified model file (sha256 {digest[:12]} != {expected[:12]} "
-                          f"recorded in {prov.name}); {_recover(model_dir)}")
-    return digest
-
-
 def load_predictor(model_dir: str | Path, device: str = "cpu", bf16: bool = False) -> Predictor:
     from pipeline_src.models import build_model
     from pipeline_src.models.params import ModelParams
     from pipeline_src.models.text import build_tokenizer, defines_architecture
 
-    model_dir = Path(model_dir)
-    path = model_dir / "model.pt"
-    if not path.is_file():
-        raise MedrefError(f"{path}: no trained model (run `medref train` for this regime first)")
-    digest = _verify_model_file(model_dir, path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle error...: all mean a damaged file
-        raise MedrefError(f"{path}: unreadable model file ({type(e).__name__}: {e}); {_recover(model_dir)}") from e
+    folder = ModelFolder(model_dir)
+    blob, digest = folder.load_weights()  # sha-checked against provenance.json
     mcfg = ModelParams.model_validate(blob["model_config"])
     # The saved state dict holds every weight: do not re-read init files (absent on a collaborator's machine).
     # A local-dir: / hf-dir: / hf: text tower stays, because it also defines the tower's architecture and tokenizer.
@@ -133,8 +104,7 @@ def load_predictor(model_dir: str | Path, device: str = "cpu", bf16: bool = Fals
     mcfg = mcfg.model_copy(update={"image_weights": None, "text_weights": tw})
     net = build_model(mcfg)
     net.load_state_dict(blob["state_dict"])
-    cfg_file = model_dir / "config.json"
-    config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    config = folder.config()
     tok = build_tokenizer(mcfg.context_length, mcfg.text_weights)
     return Predictor(net, lambda texts: tok(texts), config, blob["method"], device, bf16=bf16, sha256=digest,
                      model_config=mcfg)

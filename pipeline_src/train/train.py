@@ -5,7 +5,8 @@
 
 Reads: shards (train + val), the pseudo-label parquet (text regions + position-word spans), the regime's
 split file and ``params.train`` (with the regime's overrides) + ``base.seed``.
-Writes: ``models/<regime>/`` atomically (model.pt, config.json, provenance.json, MODEL.md, live/ = DVCLive) and
+Writes: ``models/<regime>/`` atomically through its one writer (``pipeline_src/models/folder.py``: model.pt,
+config.json, provenance.json, MODEL.md, live/ = DVCLive) and
 resumable checkpoints in ``runs/<regime>/last.pt``.
 
 Determinism: on CPU the same params and inputs give bit-identical weights, and a resumed run ends with the
@@ -33,14 +34,13 @@ from tqdm import tqdm
 from pipeline_src.data.shards import load_manifest
 from pipeline_src.errors import MedrefError
 from pipeline_src.labels.table import Label, read_labels
-from pipeline_src.models import build_model
+from pipeline_src.models import build_model, card, folder
 from pipeline_src.models.metrics import class_dice_from_counts, dice_iou_from_counts
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.models.weights import record as weights_record
 from pipeline_src.train import checkpoint as ckpt_io
-from pipeline_src.train import model_card
 from pipeline_src.train.methods import METHODS
-from pipeline_src.utils.io import atomic_dir, output_errors, sha256_file, sha256_json, write_json
+from pipeline_src.utils.io import output_errors, sha256_json, write_json
 
 # Keys that do not change the result: a checkpoint written under other values still resumes.
 NON_RESULT_KEYS = ("max_steps", "checkpoint_every", "val_max", "compile", "device", "small_labelled")
@@ -485,19 +485,14 @@ def export(s: RunState, params, out_dir: Path) -> Path:
                        **{k: v for k, v in pp.items() if k.startswith("intensity")},
                        "bits": (manifest.get("intensity") or {}).get("bits"),
                        **{k: pp[k] for k in ("min_image_side", "max_megapixels") if k in pp}}
-    with _output_errors(out_dir, s.regime), atomic_dir(out_dir) as tmp:
-        sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        ckpt_io.save_torch({"state_dict": sd, "model_config": cfg.model.model_dump(mode="json"),
-                            "method": s.method_name, "regime": s.regime}, tmp / "model.pt")
-        write_json(tmp / "config.json", config)
-        # model_sha256: loading the model checks it, so a modified/truncated model.pt is caught before use
-        digest = sha256_file(tmp / "model.pt")
-        prov = _provenance(params, s.regime, p["shards_dir"], p["labels_file"], p["split_file"], s.step,
-                           s.device.type)
-        write_json(tmp / "provenance.json", {"model_sha256": digest, **prov, "weights": weights_record(cfg.model)})
-        split = json.loads(Path(p["split_file"]).read_text())
-        (tmp / model_card.CARD).write_text(model_card.render(s.regime, config, prov, digest, manifest, split))
-        _write_live(tmp / "live", s.history, config)
+    prov = _provenance(params, s.regime, p["shards_dir"], p["labels_file"], p["split_file"], s.step, s.device.type)
+    split = json.loads(Path(p["split_file"]).read_text())
+    with _output_errors(out_dir, s.regime):
+        folder.write(out_dir, state_dict={k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                     model_config=cfg.model.model_dump(mode="json"), method=s.method_name, regime=s.regime,
+                     config=config, provenance={**prov, "weights": weights_record(cfg.model)},
+                     card=lambda digest: card.render(s.regime, config, prov, digest, manifest, split),
+                     live=lambda live_dir: _write_live(live_dir, s.history, config))
     # Wall time is not part of any output (outputs must be byte-identical whichever engine or host ran
     # them); it goes to the run folder and the log.
     write_json(p["run_dir"] / "timing.json", {"train_seconds": round(s.elapsed, 3), "steps": s.step})

@@ -17,7 +17,6 @@ rule eval:
         "pipeline_src/data/volumes.py",
         "pipeline_src/models",
         "pipeline_src/inference/predictor.py",
-        "pipeline_src/inference/card.py",
         "pipeline_src/inference/postprocess.py",
         "pipeline_src/evaluate/evaluate.py",
         "pipeline_src/evaluate/metrics.py",

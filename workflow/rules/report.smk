@@ -6,6 +6,7 @@ rule study:
         study_inputs,
         SHARED_CODE,
         "pipeline_src/grid.py",
+        "pipeline_src/models/folder.py",
         "pipeline_src/aggregate/study.py",
     output:
         report(
@@ -38,6 +39,7 @@ rule report:
         SHARED_CODE,
         "pipeline_src/labels/text_parser.py",
         "pipeline_src/models/metrics.py",
+        "pipeline_src/models/folder.py",
         "pipeline_src/inference/postprocess.py",
         "pipeline_src/data/shards.py",
         "pipeline_src/data/volumes.py",
