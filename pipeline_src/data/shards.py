@@ -312,6 +312,14 @@ def decode_masks(table: pa.Table) -> np.ndarray:
     return np.unpackbits(packed, axis=1, count=h * w).reshape(-1, h, w)
 
 
+def decode_mask_column(table: pa.Table) -> np.ndarray:
+    """The ``mask`` column as uint8 [N,H,W], as the shards store it: {0,1} from packed bits, or class indices (a
+    volumes dataset)."""
+    if (table.schema.metadata or {}).get(b"medref.mask_encoding") == MASK_ENCODING.encode():
+        return decode_class_masks(table)
+    return decode_masks(table)
+
+
 def decode_class_masks(table) -> np.ndarray:
     """``mask`` column of a volumes shard table -> uint8 [N,H,W] class indices (the binary decode_masks would
     unpack bits; this is the class-index counterpart)."""

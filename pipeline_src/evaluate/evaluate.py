@@ -30,6 +30,7 @@ from pipeline_src.labels.table import read_labels
 from pipeline_src.models import card
 from pipeline_src.models.alignment import alignment_score
 from pipeline_src.models.folder import CARD, ModelFolder
+from pipeline_src.models.task import BINARY, CLASS_INDEX, from_manifest
 from pipeline_src.utils.io import atomic_dir, write_json
 
 OVERLAY_KINDS = ("best", "median", "worst")
@@ -254,7 +255,7 @@ def run(
     import torch
 
     from pipeline_src.data.dataset import ShardDataset
-    from pipeline_src.data.shards import eval_split
+    from pipeline_src.data.shards import eval_split, load_manifest
 
     model_dir, shards_dir, labels_file = Path(model_dir), Path(shards_dir), Path(labels_file)
     ModelFolder(model_dir).require_weights(regime)
@@ -269,18 +270,20 @@ def run(
     dataset = ShardDataset(shards_dir, split)
     if len(dataset) == 0:
         raise MedrefError(f"{shards_dir}: the {split!r} split has no rows; nothing to evaluate")
-    if dataset.class_index:  # multi-class volumes: per-case 3-D metrics per class
-        summary, per_case = evaluate_volumes(predictor, dataset, shards_dir, ep.batch_size, desc=f"eval {regime}")
-        metrics = _metrics_file(params, regime, split, summary, model_dir, shards_dir, labels_file, device)
-        with atomic_dir(out_dir) as tmp:
-            per_case.to_csv(tmp / "per_sample.csv", index=False, float_format="%.6g")
-            from pipeline_src.evaluate.multiclass import format_table
+    task = from_manifest(load_manifest(shards_dir))
+    summary, write_outputs = EVALUATORS[task.name](predictor, dataset, ep, regime=regime, split=split,
+                                                   shards_dir=shards_dir, regions=regions)
+    metrics = _metrics_file(params, regime, split, summary, model_dir, shards_dir, labels_file, device)
+    with atomic_dir(out_dir) as tmp:
+        write_outputs(tmp)
+        _write_card(tmp, model_dir, metrics)
+    write_json(metrics_file, metrics)
+    return metrics
 
-            (tmp / "per_class.md").write_text(format_table(summary))
-            _write_card(tmp, model_dir, metrics)
-        write_json(metrics_file, metrics)
-        return metrics
 
+def _score_images(predictor, dataset, ep, *, regime: str, split: str, shards_dir: Path, regions) -> tuple[dict, Any]:
+    """Binary masks: per-image metrics (+ regions, alignment, dispersion, text reliance); the writer of
+    per_sample.csv, the Dice histogram and the overlays."""
     # Keep predictions bit-packed (N*H*W/8 bytes) so overlays can be drawn after ranking.
     packed: list[np.ndarray] = []
     shape: list[tuple[int, int]] = []
@@ -308,8 +311,8 @@ def run(
         summary["text_reliance"] = text_reliance(
             predictor, dataset, per_sample["text"].tolist(), summary["dice"], seed=ep.text_reliance_seed,
             threshold=ep.threshold, batch_size=ep.batch_size, min_component_size=ep.min_component_size)
-    metrics = _metrics_file(params, regime, split, summary, model_dir, shards_dir, labels_file, device)
-    with atomic_dir(out_dir) as tmp:
+
+    def write(tmp: Path) -> None:
         per_sample.to_csv(tmp / "per_sample.csv", index=False, float_format="%.6g")
         plots.dice_histogram(
             per_sample["dice"].to_numpy(),
@@ -318,9 +321,27 @@ def run(
             f"{regime}: per-image Dice on {split} (n={summary['n']})",
         )
         _write_overlays(tmp, dataset, per_sample, packed, shape, ep.overlays_per_kind, regime)
-        _write_card(tmp, model_dir, metrics)
-    write_json(metrics_file, metrics)
-    return metrics
+
+    return summary, write
+
+
+def _score_cases(predictor, dataset, ep, *, regime: str, split: str, shards_dir: Path, regions) -> tuple[dict, Any]:
+    """Multi-class volumes: per-case 3-D metrics per class; the writer of per_sample.csv (one row per case and
+    class) and per_class.md."""
+    from pipeline_src.evaluate.multiclass import format_table
+
+    summary, per_case = evaluate_volumes(predictor, dataset, shards_dir, ep.batch_size, desc=f"eval {regime}")
+
+    def write(tmp: Path) -> None:
+        per_case.to_csv(tmp / "per_sample.csv", index=False, float_format="%.6g")
+        (tmp / "per_class.md").write_text(format_table(summary))
+
+    return summary, write
+
+
+# The evaluator of each task kind (pipeline_src/models/task.py): (summary, writer of the eval folder's files).
+EVALUATORS: dict[str, Callable[..., tuple[dict, Callable[[Path], None]]]] = {
+    BINARY: _score_images, CLASS_INDEX: _score_cases}
 
 
 def _metrics_file(params, regime: str, split: str, summary: dict, model_dir: Path, shards_dir: Path,

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 
 from pipeline_src.errors import MedrefError
 from pipeline_src.models.folder import ModelFolder
+from pipeline_src.models.task import from_channels
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """The network's logits [B,C,H,W] as probabilities, in float32: sigmoid for one channel (binary), softmax over
     the channels otherwise (multi-class). The one rule: Predictor.predict and the exported graphs use it."""
-    logits = logits.float()
-    return torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)
+    return from_channels(logits.shape[1]).probabilities(logits)
 
 
 class Predictor:

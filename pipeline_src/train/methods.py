@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pipeline_src.models import losses
+from pipeline_src.models.task import from_channels
 from pipeline_src.train import augment
 
 
@@ -36,6 +37,7 @@ class Supervised:
     def __init__(self, cfg, model: nn.Module, sched, tokenize: Callable, autocast=nullcontext):
         self.cfg, self.sched, self.tokenize, self.autocast = cfg, sched, tokenize, autocast
         self.modules = nn.ModuleDict({"student": model})
+        self.task = from_channels(cfg.model.n_classes)  # the head's width: preflight set it from the shards
         if self.has_teacher:
             teacher = copy.deepcopy(model)
             for p in teacher.parameters():
@@ -59,10 +61,7 @@ class Supervised:
         return augment.hflip(batch, gen, a.flip_p, a.flip_text)
 
     def supervised_loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict]:
-        if out["logits"].shape[1] > 1:  # multi-class head (volumes): masks hold class indices
-            loss = losses.dice_ce(out["logits"], batch["masks"])
-        else:
-            loss = losses.binary(self.cfg.loss, out["logits"], batch["masks"])
+        loss = self.task.loss(self.cfg.loss, out["logits"], batch["masks"])
         logs = {"loss_sup": loss.detach()}
         d = self.cfg.dispersive
         if d.weight > 0:

@@ -27,8 +27,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline_src.data.shards import is_class_index, load_manifest
+from pipeline_src.data.shards import load_manifest
 from pipeline_src.errors import MedrefError
+from pipeline_src.models.task import from_manifest
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,15 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
         model = model.model_copy(update={"arch": Method.arch})
 
     manifest = load_manifest(shards_dir)
-    n_classes = int(manifest["n_classes"]) if is_class_index(manifest) else 1
-    if n_classes > 1:
-        if Method.needs_unlabelled or Method.has_teacher:
-            raise MedrefError(f"{src}: {params.run_key(regime, 'method')}: {r.method!r} is binary-only (sigmoid pseudo-labels); "
-                              f"a multi-class dataset ({n_classes} classes) needs a supervised method")
-        if cfg.augment.flip_p > 0:
-            raise MedrefError(f"{src}: {params.run_key(regime, 'train.augment.flip_p')} must be 0 for a multi-class volumes "
-                              "dataset: a horizontal flip swaps left/right organs (kidneys, liver/spleen) but not "
-                              "their labels")
+    task = from_manifest(manifest)
+    n_classes = task.n_classes
+    if not task.teacher_student_ok and (Method.needs_unlabelled or Method.has_teacher):
+        raise MedrefError(f"{src}: {params.run_key(regime, 'method')}: {r.method!r} is binary-only (sigmoid pseudo-labels); "
+                          f"a multi-class dataset ({n_classes} classes) needs a supervised method")
+    if not task.flip_ok and cfg.augment.flip_p > 0:
+        raise MedrefError(f"{src}: {params.run_key(regime, 'train.augment.flip_p')} must be 0 for a multi-class volumes "
+                          "dataset: a horizontal flip swaps left/right organs (kidneys, liver/spleen) but not "
+                          "their labels")
     model = model.model_copy(update={"n_classes": n_classes})
 
     _check_encoder(model, int(manifest.get("image_size") or 0), str(shards_dir / "manifest.json"))

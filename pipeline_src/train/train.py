@@ -35,7 +35,7 @@ from pipeline_src.data.shards import load_manifest
 from pipeline_src.errors import MedrefError
 from pipeline_src.labels.table import Label, read_labels
 from pipeline_src.models import build_model, card, folder
-from pipeline_src.models.metrics import class_dice_from_counts, dice_iou_from_counts
+from pipeline_src.models.task import from_channels
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.models.weights import record as weights_record
 from pipeline_src.train import checkpoint as ckpt_io
@@ -77,7 +77,7 @@ class Split:
 
 
 def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict[str, Label]) -> Split:
-    from pipeline_src.data.shards import decode_images, decode_masks, read_table, select_rows
+    from pipeline_src.data.shards import decode_images, decode_mask_column, read_table, select_rows
 
     table = read_table(shards_dir, split, columns=["id", "image", "mask", "height", "width", "text"])
     all_ids = table.column("id").to_pylist()
@@ -97,12 +97,7 @@ def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict
         regions.append(list(r) if r is not None else [0] * 6)
         spans.append(s)
     images = torch.from_numpy(np.array(decode_images(table), dtype=np.uint8))[:, None]  # copy: Arrow views are read-only
-    if (table.schema.metadata or {}).get(b"medref.mask_encoding") == b"class_index":
-        from pipeline_src.data.shards import decode_class_masks  # volumes: class indices, not bits
-
-        masks = torch.from_numpy(np.array(decode_class_masks(table), dtype=np.uint8))[:, None]
-    else:
-        masks = torch.from_numpy(np.array(decode_masks(table), dtype=np.uint8))[:, None]
+    masks = torch.from_numpy(np.array(decode_mask_column(table), dtype=np.uint8))[:, None]  # bits or class indices
     return Split(ids_sel, images, masks, texts, spans, torch.tensor(regions, dtype=torch.long).reshape(-1, 6),
                  torch.tensor(known, dtype=torch.bool))
 
@@ -231,32 +226,17 @@ def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 
         return {}
     was = net.training
     net.eval()
-    dices = []
-    inter_c = pred_c = gt_c = 0  # multi-class: per-class sums over the val slices
+    rule = None  # the task's validation accumulator, chosen by the head's width
     for i in range(0, n, bs):
         b = val.batch(list(range(i, min(n, i + bs))), device)
         tokens = tokenize(b["texts"]).to(device) if net.uses_text else None
         with autocast():
             logits = net(b["images"], tokens)["logits"].float()
-        if logits.shape[1] > 1:
-            c = logits.shape[1]
-            pred = torch.nn.functional.one_hot(logits.argmax(1), c).flatten(0, 2)
-            gt = torch.nn.functional.one_hot(b["masks"][:, 0].long(), c).flatten(0, 2)
-            inter_c = inter_c + (pred * gt).sum(0)
-            pred_c, gt_c = pred_c + pred.sum(0), gt_c + gt.sum(0)
-            continue
-        # eval's rule: sigmoid probability > 0.5, then per-image counts -> Dice (models.metrics)
-        pred = torch.sigmoid(logits) > 0.5
-        gt = b["masks"] > 0
-        tp = (pred & gt).flatten(1).sum(1)
-        fp = (pred & ~gt).flatten(1).sum(1)
-        fn = (~pred & gt).flatten(1).sum(1)
-        dices.append(dice_iou_from_counts(tp.cpu().numpy(), fp.cpu().numpy(), fn.cpu().numpy())[0])
+        if rule is None:
+            rule = from_channels(logits.shape[1]).validation()
+        rule.add(logits, b["masks"])
     net.train(was)
-    if not dices:  # multi-class: mean over the foreground classes present (prediction or truth), pooled over slices
-        d = class_dice_from_counts(inter_c.cpu().numpy(), pred_c.cpu().numpy(), gt_c.cpu().numpy())[1:]
-        return {"val_dice": float(np.nanmean(d))} if np.isfinite(d).any() else {}
-    return {"val_dice": float(np.concatenate(dices).mean())}
+    return rule.result()
 
 
 @torch.no_grad()
