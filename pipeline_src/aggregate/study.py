@@ -26,36 +26,30 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.evaluate.metric_specs import METRICS, lookup, specs
 from pipeline_src.utils.io import atomic_dir, write_json
 
-# (metrics.json key path, label); dispersion is Med-DisSeg's probe
-METRICS = [
-    ("dice", "Dice"), ("dice_global", "Dice (global)"), ("iou", "IoU"), ("iou_global", "IoU (global)"),
-    ("hd95", "HD95 px"), ("nsd", "NSD"), ("alignment.top1", "i2t top-1"),
-    ("alignment.region_agreement", "region agree"), ("dispersion.mean_pairwise_dist", "dispersion"),
-]
+# The metrics of each table, in column order; labels, digits and directions are pipeline_src/evaluate/metric_specs.py's.
+# dispersion is Med-DisSeg's probe
+MAIN = ("dice", "dice_global", "iou", "iou_global", "hd95", "nsd", "alignment.top1", "alignment.region_agreement",
+        "dispersion.mean_pairwise_dist")
 # eval's text-reliance probe (text-guided runs only; null for image-only ones): Dice with deranged texts and with
 # left/right swapped, and the drops from the true-text Dice
-RELIANCE = [
-    ("text_reliance.true_dice", "Dice (true text)"), ("text_reliance.shuffled_dice", "Dice (shuffled)"),
-    ("text_reliance.drop_shuffled", "drop (shuffled)"), ("text_reliance.swapped_dice", "Dice (L/R swapped)"),
-    ("text_reliance.drop_swapped", "drop (swapped)"),
-]
-LOWER_IS_BETTER = {"hd95"}
+RELIANCE = ("text_reliance.true_dice", "text_reliance.shuffled_dice", "text_reliance.drop_shuffled",
+            "text_reliance.swapped_dice", "text_reliance.drop_swapped")
+DELTA_COLUMNS = ("dice", "dice_global", "hd95", "nsd", "alignment.top1")  # of the paired deltas (all of MAIN in json)
+ABLATION_COLUMNS = (*DELTA_COLUMNS, "dispersion.mean_pairwise_dist")
 SEMI_MEDREF, MEDDISSEG = "semi_medref", "meddisseg"
 FALSIFICATION_FRACTION = 0.10
 
 
 # ---- reading the runs ------------------------------------------------------------------------------------------
 def _get(m: dict, dotted: str) -> float | None:
-    node: Any = m
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
+    node = lookup(m, dotted)
     return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
 
 
@@ -116,7 +110,7 @@ def paired(a: dict[int, dict], b: dict[int, dict], key: str, boot_idx: np.ndarra
             deltas[s] = x - y
     if not deltas:
         return None
-    sign = -1.0 if key in LOWER_IS_BETTER else 1.0
+    sign = -1.0 if METRICS[key].lower_is_better else 1.0
     out = {"seeds": sorted(deltas), "deltas": [deltas[s] for s in sorted(deltas)],
            "mean": float(np.mean(list(deltas.values()))),
            "wins": int(sum(sign * d > 0 for d in deltas.values())), "n": len(deltas), "ci95": None}
@@ -171,7 +165,7 @@ def aggregate(params, study: str, cells: dict) -> dict:
     fractions = sorted({f for v in cells.values() for f in v})
     boot = _bootstrap_index(cells, st.bootstrap, params.base.seed)
     table = {v: {f"{f:g}": {k: _mean_std([_get(c["metrics"], k) for c in cells[v].get(f, {}).values()])
-                            for k, _ in METRICS + RELIANCE} for f in fractions if f in cells[v]} for v in variants}
+                            for k in MAIN + RELIANCE} for f in fractions if f in cells[v]} for v in variants}
     best_ssl = {}
     for f in fractions:
         present = [b for b in st.ssl_baselines if f in cells.get(b, {})]
@@ -179,7 +173,7 @@ def aggregate(params, study: str, cells: dict) -> dict:
             best_ssl[f] = max(present, key=lambda b: table[b][f"{f:g}"]["dice"]["mean"] or -1.0)
 
     def compare(v: str, ref: str, f: float) -> dict:
-        return {k: paired(cells[v][f], cells[ref][f], k, boot[f]) for k, _ in METRICS}
+        return {k: paired(cells[v][f], cells[ref][f], k, boot[f]) for k in MAIN}
 
     deltas = []
     for f in fractions:
@@ -312,44 +306,47 @@ def _cell(t: dict, digits: int) -> str:
     return f"{t['mean']:.{digits}f}" + (f" ± {t['std']:.{digits}f}" if t["std"] is not None else "")
 
 
+def _delta_table(head: list[str], keys: tuple[str, ...], rows: list[tuple[list[str], dict]]) -> list[str]:
+    """A markdown table of paired deltas: the ``head`` columns, then one Δ column per metric of ``keys``."""
+    cols = specs(keys)
+    lines = ["| " + " | ".join(head + [f"Δ {s.label}" for s in cols]) + " |", "|" + "---|" * (len(head) + len(cols))]
+    for first, d in rows:
+        lines.append("| " + " | ".join(first + [_fmt_delta(d[s.key], s.digits) for s in cols]) + " |")
+    return lines
+
+
 def markdown(res: dict) -> str:
     lines = [f"# Study `{res['study']}` ({res['dataset']}, study_size {res['study_size']})", "",
              f"Seeds {res['seeds']}; mean ± std over seeds (sample std; none shown for one seed). Dice/IoU: "
              "per-image mean, and global (pixel counts pooled over the test images). HD95 in pixels.", ""]
-    head = ["method", "labelled"] + [lab for _, lab in METRICS]
+    head = ["method", "labelled"] + [s.header for s in specs(MAIN)]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, by_f in res["table"].items():
         for f, t in by_f.items():
             lines.append("| " + " | ".join([v + (" (headline)" if v == res["headline"] else ""), f"{float(f):.0%}"]
-                                           + [_cell(t[k], 2 if k == "hd95" else 3) for k, _ in METRICS]) + " |")
+                                           + [_cell(t[s.key], s.digits) for s in specs(MAIN)]) + " |")
     reliance = [(v, f, t) for v, by_f in res["table"].items() for f, t in by_f.items()
-                if t.get(RELIANCE[0][0], {}).get("mean") is not None]
+                if t.get(RELIANCE[0], {}).get("mean") is not None]
     if reliance:
         lines += ["", "## Text reliance (does the model read the report?)", "",
                   "Per-image Dice with each test image's text replaced by another test image's (a fixed seeded "
                   "derangement), and with left/right swapped in every text, beside the true-text Dice; drop = true "
                   "minus perturbed. Image-only runs read no text and are left out.", "",
-                  "| method | labelled | " + " | ".join(lab for _, lab in RELIANCE) + " |",
+                  "| method | labelled | " + " | ".join(s.label for s in specs(RELIANCE)) + " |",
                   "|" + "---|" * (len(RELIANCE) + 2)]
         for v, f, t in reliance:
-            lines.append(f"| {v} | {float(f):.0%} | " + " | ".join(_cell(t[k], 3) for k, _ in RELIANCE) + " |")
+            lines.append(f"| {v} | {float(f):.0%} | " + " | ".join(_cell(t[s.key], s.digits) for s in specs(RELIANCE))
+                         + " |")
     lines += ["", "## Paired deltas (method − reference, same labelled set, seed by seed)", "",
               "Wins: seeds where the method is better. CI: bootstrap 95 % over test images "
-              f"({res['bootstrap']['replicates']} replicates, seed {res['bootstrap']['seed']}).", "",
-              "| labelled | method | against | Δ Dice | Δ Dice (global) | Δ HD95 | Δ NSD | Δ i2t top-1 |",
-              "|---|---|---|---|---|---|---|---|"]
-    for d in res["deltas"]:
-        lines.append(f"| {d['fraction']:.0%} | {d['method']} | {d['against']} ({d['kind']}) | {_fmt_delta(d['dice'])} | "
-                     f"{_fmt_delta(d['dice_global'])} | {_fmt_delta(d['hd95'], 2)} | {_fmt_delta(d['nsd'])} | "
-                     f"{_fmt_delta(d['alignment.top1'])} |")
+              f"({res['bootstrap']['replicates']} replicates, seed {res['bootstrap']['seed']}).", ""]
+    lines += _delta_table(["labelled", "method", "against"], DELTA_COLUMNS,
+                          [([f"{d['fraction']:.0%}", d["method"], f"{d['against']} ({d['kind']})"], d)
+                           for d in res["deltas"]])
     if res["ablations"]:
-        lines += ["", "## Ablations (variant − its method)", "",
-                  "| labelled | variant | against | Δ Dice | Δ Dice (global) | Δ HD95 | Δ NSD | Δ i2t top-1 | Δ dispersion |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for d in res["ablations"]:
-            lines.append(f"| {d['fraction']:.0%} | {d['variant']} | {d['against']} | {_fmt_delta(d['dice'])} | "
-                         f"{_fmt_delta(d['dice_global'])} | {_fmt_delta(d['hd95'], 2)} | {_fmt_delta(d['nsd'])} | "
-                         f"{_fmt_delta(d['alignment.top1'])} | {_fmt_delta(d['dispersion.mean_pairwise_dist'])} |")
+        lines += ["", "## Ablations (variant − its method)", ""]
+        lines += _delta_table(["labelled", "variant", "against"], ABLATION_COLUMNS,
+                              [([f"{d['fraction']:.0%}", d["variant"], d["against"]], d) for d in res["ablations"]])
     if res["verdicts"]:
         lines += ["", "## Falsification tests", ""]
     for k, v in res["verdicts"].items():
@@ -400,12 +397,12 @@ def _plot(res: dict, out: Path) -> None:
 
 def _csv(res: dict, out: Path) -> None:
     """Long table, one row per (method, fraction): the `dvc plots` source and a spreadsheet's."""
-    cols = ["method", "fraction_pct"] + [f"{k}_{s}" for k, _ in METRICS + RELIANCE for s in ("mean", "std")]
+    cols = ["method", "fraction_pct"] + [f"{k}_{s}" for k in MAIN + RELIANCE for s in ("mean", "std")]
     rows = [",".join(cols)]
     for v, by_f in res["table"].items():
         for f, t in sorted(by_f.items(), key=lambda x: float(x[0])):
             vals = [v, f"{float(f) * 100:g}"] + ["" if t[k][s] is None else f"{t[k][s]:.6g}"
-                                                  for k, _ in METRICS + RELIANCE for s in ("mean", "std")]
+                                                  for k in MAIN + RELIANCE for s in ("mean", "std")]
             rows.append(",".join(vals))
     out.write_text("\n".join(rows) + "\n")
 

@@ -7,6 +7,7 @@ rule study:
         SHARED_CODE,
         "pipeline_src/grid.py",
         "pipeline_src/aggregate/study.py",
+        "pipeline_src/evaluate/metric_specs.py",  # labels, units, directions
     output:
         report(
             directory("studies/{study}"),
@@ -43,6 +44,7 @@ rule report:
         "pipeline_src/data/volumes.py",
         "pipeline_src/aggregate/report.py",
         "pipeline_src/evaluate/metrics.py",
+        "pipeline_src/evaluate/metric_specs.py",
         "pipeline_src/evaluate/multiclass.py",
         "pipeline_src/evaluate/plots.py",
         # multiclass.py restacks volumes with data/volumes.py, which imports these
