@@ -17,7 +17,8 @@ the grid gives the study (params.yaml ``studies.<study>``; run names in workflow
   global Dice recomputed from the resampled pixel counts; ``studies.<study>.bootstrap`` replicates seeded
   with base.seed).
 - **Ablation table**: each variant minus its own method (``semi_medref-no_posaug`` - ``semi_medref``).
-- **Verdicts** of the two seed papers' falsification tests, from these numbers, with the numbers.
+- **Verdicts** of the two seed papers' falsification tests (``HYPOTHESES``, one table), from these numbers, with the
+  numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -203,10 +205,6 @@ def aggregate(params, study: str, cells: dict) -> dict:
     return result
 
 
-def _find(rows: list[dict], **match) -> dict | None:
-    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
-
-
 def _fmt_delta(d: dict | None, digits: int = 3) -> str:
     if d is None:
         return "n/a"
@@ -214,89 +212,152 @@ def _fmt_delta(d: dict | None, digits: int = 3) -> str:
     return f"{d['mean']:+.{digits}f} (wins {d['wins']}/{d['n']}{ci})"
 
 
-def verdicts(params, study: str, cells: dict, res: dict) -> dict:
-    """The falsification tests of the two seed papers, as {test: {verdict, evidence}}."""
-    st = params.study(study)
-    out: dict[str, dict] = {}
-    f = FALSIFICATION_FRACTION
-    hint = f"add it to studies.{study}.methods (or set study_size: full and run `medref grid`)"
+# ---- the falsification tests -----------------------------------------------------------------------------------
+BEST_SSL = "best_ssl"  # Hypothesis.against: the best of the study's ssl_baselines at the fraction (as in the deltas)
 
-    methods = {(params.variants[v].method if v in params.variants else v) for v in cells}
-    # Each paper's tests are reported for a study that runs its method (the mosmed study has nothing to test).
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One falsification test of a seed paper, read off the paired deltas the study already holds (the same
+    bootstrap index; no second computation).
+
+    Its rows are the comparisons ``compare`` minus ``against``, one per labelled fraction (or only ``fraction``),
+    each the deltas of ``metrics``; a row without one of them decides nothing. ``test`` gives the verdict:
+
+    - "ci": the bootstrap 95 % CI of the first metric's delta lies on the ``sign`` side of 0 at every fraction
+      (``yes``), on the other side at every fraction (``no``), or neither (``undecided``);
+    - "seeds": every seed's delta of the first metric, at every fraction, has the ``sign`` (``yes``), or every one the
+      other sign (``no``), or the signs differ (``undecided``);
+    - "means": the first metric's mean delta rises at every fraction (else ``premise``: the change does not do what
+      it is for), and the other metrics' are nowhere better (``yes``, else ``no``; better: metric_specs' direction).
+    """
+
+    key: str  # its name under "verdicts" in studies/<study>.json
+    method: str  # the paper's method: a study that does not run it has nothing to test (and no entry)
+    compare: str  # the variant tested, ...
+    against: str  # ... minus this one (an ablation), or minus BEST_SSL
+    metrics: tuple[str, ...]  # metric_specs keys
+    test: str  # "ci", "seeds" or "means"
+    yes: str
+    no: str
+    no_data: str  # the verdict when no row has every metric
+    evidence: str  # one row, str.format'ed: {fraction}, {compare}, {against} and the metrics' deltas {0}, {1}, ...
+    undecided: str = ""  # "ci", "seeds"
+    premise: str = ""  # "means"
+    sign: int = 0  # "ci", "seeds": the sign of the delta that the claim predicts
+    fraction: float | None = None  # only at this labelled fraction; None: at each one the study has
+    flip: bool = False  # ``compare`` turns the change off: the claim is about on - off = -(compare - against)
+    record: str = ""  # a json field keeping the first metric's deltas, by fraction (the delta at ``fraction``)
+    list_missing: bool = False  # the evidence lists fractions without the metric too (as n/a)
+
+
+HYPOTHESES = (
     # Semi-MedRef 1: at 10 % labels, does semi_medref fall below the SSL baselines?
-    best = res["best_ssl"].get(f"{f:g}")
-    key = "semi_medref_below_ssl_at_10pct"
-    if SEMI_MEDREF not in methods:
-        pass
-    elif SEMI_MEDREF not in cells or f not in cells[SEMI_MEDREF] or best is None:
-        out[key] = {"verdict": "not tested", "evidence": f"needs {SEMI_MEDREF} and one of {st.ssl_baselines} at "
-                                                          f"{f:.0%}; {hint}"}
-    else:
-        # the paired delta the table already holds (same bootstrap index), not a second computation
-        d = _find(res["deltas"], fraction=f, method=SEMI_MEDREF, kind="best_ssl")["dice"]
-        if d["ci95"] is not None and d["ci95"][1] < 0:
-            verdict = "yes: the claim is falsified here (Semi-MedRef is below the best SSL baseline)"
-        elif d["ci95"] is not None and d["ci95"][0] > 0:
-            verdict = "no: Semi-MedRef is above the best SSL baseline"
-        else:
-            verdict = "inconclusive: the CI of the difference includes 0"
-        out[key] = {"verdict": verdict, "best_ssl": best, "dice_delta": d,
-                    "evidence": f"Dice {SEMI_MEDREF} - {best} at {f:.0%}: {_fmt_delta(d)}"}
-
+    Hypothesis(
+        "semi_medref_below_ssl_at_10pct", SEMI_MEDREF, compare=SEMI_MEDREF, against=BEST_SSL,
+        fraction=FALSIFICATION_FRACTION, metrics=("dice",), test="ci", sign=-1, record="dice_delta",
+        yes="yes: the claim is falsified here (Semi-MedRef is below the best SSL baseline)",
+        no="no: Semi-MedRef is above the best SSL baseline",
+        undecided="inconclusive: the CI of the difference includes 0",
+        no_data="not tested: the runs have no Dice to compare",
+        evidence="Dice {compare} - {against} at {fraction:.0%}: {0}",
+    ),
     # Semi-MedRef 2: does image->text alignment drop when T-PatchMix is on?
-    key, off = "alignment_drops_with_tpatchmix", f"{SEMI_MEDREF}-no_tpatchmix"
-    rows = [r for r in res["ablations"] if r["variant"] == off and r["against"] == SEMI_MEDREF]
-    if SEMI_MEDREF not in methods:
-        pass
-    elif not rows:
-        out[key] = {"verdict": "not tested", "evidence": f"needs {off} beside {SEMI_MEDREF}; {hint}"}
-    else:
-        per_f = {}
-        for r in rows:  # on - off = -(off - on)
-            d = r["alignment.top1"]
-            per_f[f"{r['fraction']:g}"] = None if d is None else {**d, "mean": -d["mean"],
-                                                                  "deltas": [-x for x in d["deltas"]],
-                                                                  "wins": d["n"] - d["wins"]}
-        ds = [d for d in per_f.values() if d]
-        if not ds:
-            verdict = "not tested: no alignment scores (eval.alignment is off?)"
-        elif all(x < 0 for d in ds for x in d["deltas"]):
-            verdict = "yes: top-1 is lower with T-PatchMix on, in every seed and fraction"
-        elif all(x > 0 for d in ds for x in d["deltas"]):
-            verdict = "no: top-1 is higher with T-PatchMix on, in every seed and fraction"
-        else:
-            verdict = "inconclusive: the sign changes across seeds or fractions"
-        out[key] = {"verdict": verdict, "top1_on_minus_off": per_f,
-                    "evidence": "; ".join(f"{k}: {_fmt_delta(d)}" for k, d in per_f.items())}
-
+    Hypothesis(
+        "alignment_drops_with_tpatchmix", SEMI_MEDREF, compare=f"{SEMI_MEDREF}-no_tpatchmix", against=SEMI_MEDREF,
+        flip=True, metrics=("alignment.top1",), test="seeds", sign=-1, record="top1_on_minus_off",
+        list_missing=True,
+        yes="yes: top-1 is lower with T-PatchMix on, in every seed and fraction",
+        no="no: top-1 is higher with T-PatchMix on, in every seed and fraction",
+        undecided="inconclusive: the sign changes across seeds or fractions",
+        no_data="not tested: no alignment scores (eval.alignment is off?)",
+        evidence="{fraction:g}: {0}",
+    ),
     # Med-DisSeg: does the dispersive loss raise dispersion while HD95 / NSD are no better?
-    key, on = "dispersion_up_boundaries_not_better", f"{MEDDISSEG}-disp"
-    rows = [r for r in res["ablations"] if r["variant"] == on and r["against"] == MEDDISSEG]
-    if MEDDISSEG not in methods:
-        pass
-    elif not rows:
-        out[key] = {"verdict": "not tested", "evidence": f"needs {on} beside {MEDDISSEG}; {hint}"}
+    Hypothesis(
+        "dispersion_up_boundaries_not_better", MEDDISSEG, compare=f"{MEDDISSEG}-disp", against=MEDDISSEG,
+        metrics=("dispersion.mean_pairwise_dist", "hd95", "nsd"), test="means",
+        yes="yes: dispersion rises, HD95 and NSD are no better (the boundary claim is falsified here)",
+        no="no: dispersion rises and HD95 or NSD improve",
+        premise="no: the loss does not raise the measured dispersion",
+        no_data="not tested: the runs have no dispersion (eval.dispersion_stage is null?)",
+        evidence="{fraction:.0%}: dispersion {0}, HD95 {1}, NSD {2}",
+    ),
+)  # fmt: skip
+
+
+def verdicts(params, study: str, cells: dict, res: dict) -> dict:
+    """The falsification tests of the two seed papers (HYPOTHESES), as {test: {verdict, evidence, ...}}. Each
+    paper's tests are reported for a study that runs its method (the mosmed study has nothing to test)."""
+    methods = {(params.variants[v].method if v in params.variants else v) for v in cells}
+    return {h.key: _verdict(h, params.study(study).ssl_baselines, study, res) for h in HYPOTHESES
+            if h.method in methods}
+
+
+def _verdict(h: Hypothesis, ssl_baselines: list[str], study: str, res: dict) -> dict:
+    """One verdict: {verdict, evidence} and, as the table says, the recorded deltas and the best SSL baseline."""
+    if h.against == BEST_SSL:
+        rows = [d for d in res["deltas"] if d["kind"] == BEST_SSL and d["method"] == h.compare]
+        needs = f"needs {h.compare} and one of {ssl_baselines}"
     else:
-        parts, flags = [], []
-        for r in rows:
-            disp, hd, nsd = r["dispersion.mean_pairwise_dist"], r["hd95"], r["nsd"]
-            if disp is None or hd is None or nsd is None:
-                continue
-            up = disp["mean"] > 0
-            no_better = hd["mean"] >= 0 and nsd["mean"] <= 0
-            flags.append((up, no_better))
-            parts.append(f"{r['fraction']:.0%}: dispersion {_fmt_delta(disp)}, HD95 {_fmt_delta(hd, 2)}, "
-                         f"NSD {_fmt_delta(nsd)}")
-        if not flags:
-            verdict = "not tested: the runs have no dispersion (eval.dispersion_stage is null?)"
-        elif all(u and nb for u, nb in flags):
-            verdict = "yes: dispersion rises, HD95 and NSD are no better (the boundary claim is falsified here)"
-        elif all(u for u, _ in flags):
-            verdict = "no: dispersion rises and HD95 or NSD improve"
-        else:
-            verdict = "no: the loss does not raise the measured dispersion"
-        out[key] = {"verdict": verdict, "evidence": "; ".join(parts)}
+        rows = [d for d in res["ablations"] if d["variant"] == h.compare and d["against"] == h.against]
+        needs = f"needs {h.compare} beside {h.against}"
+    if h.fraction is not None:
+        rows = [r for r in rows if r["fraction"] == h.fraction]
+        needs += f" at {h.fraction:.0%}"
+    if not rows:
+        hint = f"add it to studies.{study}.methods (or set study_size: full and run `medref grid`)"
+        return {"verdict": "not tested", "evidence": f"{needs}; {hint}"}
+    deltas = [[_flipped(r[k]) if h.flip else r[k] for k in h.metrics] for r in rows]
+    complete = [ds for ds in deltas if None not in ds]
+    shown = [(r, ds) for r, ds in zip(rows, deltas, strict=True) if h.list_missing or None not in ds]
+    out = {"verdict": _decide(h, complete) if complete else h.no_data,
+           "evidence": "; ".join(_evidence(h, r, ds) for r, ds in shown)}
+    if h.record:
+        kept = {f"{r['fraction']:g}": ds[0] for r, ds in zip(rows, deltas, strict=True)}
+        out[h.record] = next(iter(kept.values())) if h.fraction is not None else kept
+    if h.against == BEST_SSL:
+        out[BEST_SSL] = rows[0]["against"]
     return out
+
+
+def _evidence(h: Hypothesis, row: dict, deltas: list[dict | None]) -> str:
+    texts = [_fmt_delta(d, s.digits) for d, s in zip(deltas, specs(h.metrics), strict=True)]
+    return h.evidence.format(*texts, fraction=row["fraction"], compare=h.compare, against=row["against"])
+
+
+def _flipped(d: dict | None) -> dict | None:
+    """A paired delta turned round (b - a from a - b)."""
+    if d is None:
+        return None
+    ci = d["ci95"]
+    return {**d, "mean": -d["mean"], "deltas": [-x for x in d["deltas"]], "wins": d["n"] - d["wins"],
+            "ci95": None if ci is None else [-ci[1], -ci[0]]}
+
+
+def _decide(h: Hypothesis, rows: list[list[dict]]) -> str:
+    """h's verdict from the complete rows (each the deltas of h.metrics at one fraction)."""
+    if h.test == "means":
+        if not all(ds[0]["mean"] > 0 for ds in rows):
+            return h.premise
+        better = any(_improves(k, d["mean"]) for ds in rows for k, d in zip(h.metrics[1:], ds[1:], strict=True))
+        return h.no if better else h.yes
+    if h.test == "ci":  # the CI is on one side of 0 where both its ends are
+        cis = [ds[0]["ci95"] for ds in rows]
+        if None in cis:
+            return h.undecided
+        values = [x for ci in cis for x in ci]
+    else:  # "seeds"
+        values = [x for ds in rows for x in ds[0]["deltas"]]
+    if all(h.sign * x > 0 for x in values):
+        return h.yes
+    if all(h.sign * x < 0 for x in values):
+        return h.no
+    return h.undecided
+
+
+def _improves(key: str, delta: float) -> bool:
+    return delta < 0 if METRICS[key].lower_is_better else delta > 0
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
