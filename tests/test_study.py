@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -127,6 +128,32 @@ def test_text_reliance_table_against_hand_values(written):
     assert "mean_teacher" not in section
     header = (tmp / "out" / "table.csv").read_text().splitlines()[0].split(",")
     assert "text_reliance.drop_shuffled_mean" in header
+
+
+def test_dispersion_verdict_reads_each_direction_from_the_metric_table():
+    """Med-DisSeg's test (HYPOTHESES): dispersion up at every fraction and HD95 (lower is better) and NSD nowhere
+    better -> yes; an HD95 that falls at one fraction is an improvement -> no; dispersion that does not rise -> the
+    loss did not do what it is for. The demo has no meddisseg ablation, so only this test reaches these verdicts."""
+    def delta(mean):
+        return {"seeds": [0], "deltas": [mean], "mean": mean, "wins": 0, "n": 1, "ci95": None}
+
+    def verdict(*rows):
+        ablations = [{"fraction": f, "variant": "meddisseg-disp", "against": "meddisseg",
+                      "dispersion.mean_pairwise_dist": delta(disp), "hd95": delta(hd), "nsd": delta(nsd)}
+                     for f, disp, hd, nsd in rows]
+        params = SimpleNamespace(variants={"meddisseg-disp": SimpleNamespace(method="meddisseg")},
+                                 study=lambda _: SimpleNamespace(ssl_baselines=[]))
+        res = {"deltas": [], "ablations": ablations, "best_ssl": {}}
+        return study.verdicts(params, "s", {"meddisseg": {}, "meddisseg-disp": {}}, res)[
+            "dispersion_up_boundaries_not_better"]
+
+    v = verdict((0.1, 0.5, 1.0, -0.1), (0.25, 0.2, 0.0, 0.0))
+    assert v["verdict"].startswith("yes: dispersion rises, HD95 and NSD are no better")
+    assert v["evidence"].startswith("10%: dispersion +0.500 (wins 0/1), HD95 +1.00 (wins 0/1), NSD -0.100 (wins 0/1); 25%")
+    assert verdict((0.1, 0.5, 1.0, -0.1), (0.25, 0.2, -0.5, 0.0))["verdict"].startswith("no: dispersion rises")
+    assert verdict((0.1, 0.5, 1.0, 0.1))["verdict"].startswith("no: dispersion rises and HD95 or NSD improve")
+    assert verdict((0.1, -0.5, 1.0, -0.1))["verdict"] == "no: the loss does not raise the measured dispersion"
+    assert verdict()["verdict"] == "not tested"
 
 
 def test_missing_run_metrics_is_one_clear_error(written):

@@ -91,13 +91,13 @@ def test_eval_run_writes_text_reliance_beside_the_dice(tmp_path, monkeypatch):
 
 
 def test_report_rows_carry_the_drops_in_points():
-    from pipeline_src.aggregate.report import TABLE_HEAD, _table_cells, row_for
+    from pipeline_src.aggregate.report import _table_cells, row_for, table_head
 
     m = {"regime": "r", "dataset": "qata", "method": "supervised", "fraction": 0.1, "dice": 0.6, "_file": "r.json",
          "text_reliance": {"drop_shuffled": 0.14, "drop_swapped": 0.03}}
     row = row_for(m, "synthetic")
     assert abs(row["drop_shuffled"] - 14.0) < 1e-9 and abs(row["drop_swapped"] - 3.0) < 1e-9
     cells = _table_cells(row)
-    assert len(cells) == len(TABLE_HEAD) and cells[-2:] == ["14.00", "3.00"]
+    assert len(cells) == len(table_head()) and cells[-2:] == ["14.00", "3.00"]
     image_only = row_for({**m, "text_reliance": {"drop_shuffled": None, "reason": "image-only"}}, "synthetic")
     assert image_only["drop_shuffled"] is None and _table_cells(image_only)[-2] == "—"

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate import plots
+from pipeline_src.evaluate.metric_specs import lookup, specs
 from pipeline_src.evaluate.metrics import REGIONS
 from pipeline_src.models.folder import LIVE, ModelFolder
 from pipeline_src.utils.io import atomic_dir
@@ -91,16 +92,24 @@ PUBLISHED = (
 )
 PUBLISHED_LABEL = "published, not ours"
 
-# report.csv columns; percentages are 0-100, distances pixels.
-CSV_COLUMNS = (
-    "source", "dataset", "data_source", "method", "fraction_pct", "regime", "eval_split", "n",
-    "dice", "dice_std", "iou", "iou_std", "dice_global", "iou_global",
-    "hd95", "assd", "nsd", "sensitivity", "specificity", "align_top1", "drop_shuffled", "drop_swapped",
+# The metrics of the report's table and report.csv, in column order; their headers, report.csv names and units
+# (percent 0-100 or pixels) are pipeline_src/evaluate/metric_specs.py's.
+REPORT_METRICS = (
+    "dice", "iou", "dice_global", "iou_global", "hd95", "assd", "nsd", "sensitivity", "specificity",
+    "alignment.top1", "text_reliance.drop_shuffled", "text_reliance.drop_swapped",
+)  # fmt: skip
+CSV_HEAD = ("source", "dataset", "data_source", "method", "fraction_pct", "regime", "eval_split", "n")
+CSV_TAIL = (
     "reference", "commit", "dirty", "params_digest", "shards_digest", "labels_digest", "model_digest",
     "train_commit", "train_params_digest", "split_digest",
 )  # fmt: skip
-PCT = ("dice", "dice_std", "iou", "iou_std", "dice_global", "iou_global", "nsd", "sensitivity", "specificity")
 REGIME_KEYS = ("regime", "dataset", "method", "fraction", "dice", "dice_global")
+
+
+def csv_columns() -> tuple[str, ...]:
+    """report.csv's columns: the row's origin, each metric (and its per-image std), then provenance."""
+    cols = [c for s in specs(REPORT_METRICS) for c in ((s.col, f"{s.col}_std") if s.per_image_std else (s.col,))]
+    return (*CSV_HEAD, *cols, *CSV_TAIL)
 
 
 def load_metrics(metrics_dir: Path) -> list[dict]:
@@ -145,12 +154,6 @@ def row_for(m: dict, data_source: str) -> dict:
         "regime": m["regime"],
         "eval_split": m.get("eval_split"),
         "n": m.get("n"),
-        "hd95": m.get("hd95"),
-        "assd": m.get("assd"),
-        "align_top1": _pct((m.get("alignment") or {}).get("top1")),
-        # text reliance: Dice points lost with another image's text / with left and right swapped
-        "drop_shuffled": _pct((m.get("text_reliance") or {}).get("drop_shuffled")),
-        "drop_swapped": _pct((m.get("text_reliance") or {}).get("drop_swapped")),
         "reference": f"metrics/{m['_file']}",
         "commit": git.get("commit"),
         "dirty": git.get("dirty"),
@@ -162,7 +165,10 @@ def row_for(m: dict, data_source: str) -> dict:
         "train_params_digest": train.get("params_digest"),
         "split_digest": tinputs.get("split"),
     }
-    row.update({k: _pct(m.get(k)) for k in PCT})
+    for s in specs(REPORT_METRICS):
+        row[s.col] = _pct(lookup(m, s.key)) if s.percent else lookup(m, s.key)
+        if s.per_image_std:
+            row[f"{s.col}_std"] = _pct(m.get(f"{s.key}_std")) if s.percent else m.get(f"{s.key}_std")
     return row
 
 
@@ -196,22 +202,16 @@ def _pm(mean, std) -> str:
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
-TABLE_HEAD = (
-    "source", "method", "labels %", "split", "n", "Dice per-image", "IoU per-image", "Dice global", "IoU global",
-    "HD95 px", "ASSD px", "NSD", "Sens", "Spec", "img→txt top1", "Dice drop, shuffled text", "Dice drop, sides swapped",
-)  # fmt: skip
+def table_head() -> list[str]:
+    return ["source", "method", "labels %", "split", "n", *(s.report_label or s.header for s in specs(REPORT_METRICS))]
 
 
 def _table_cells(r: dict) -> list[str]:
     src = "ours" if r["source"] == "ours" else f"**{PUBLISHED_LABEL}**"
     method = r["method"] if r["source"] == "ours" else f"*{r['method']}* †"
-    return [
-        src, method, _fmt(r["fraction_pct"], 0), _fmt(r.get("eval_split")), _fmt(r.get("n")),
-        _pm(r.get("dice"), r.get("dice_std")), _pm(r.get("iou"), r.get("iou_std")),
-        _fmt(r.get("dice_global")), _fmt(r.get("iou_global")), _fmt(r.get("hd95")), _fmt(r.get("assd")),
-        _fmt(r.get("nsd")), _fmt(r.get("sensitivity")), _fmt(r.get("specificity")), _fmt(r.get("align_top1")),
-        _fmt(r.get("drop_shuffled")), _fmt(r.get("drop_swapped")),
-    ]  # fmt: skip
+    metrics = [_pm(r.get(s.col), r.get(f"{s.col}_std")) if s.per_image_std else _fmt(r.get(s.col))
+               for s in specs(REPORT_METRICS)]
+    return [src, method, _fmt(r["fraction_pct"], 0), _fmt(r.get("eval_split")), _fmt(r.get("n")), *metrics]
 
 
 def _md_table(head, rows) -> str:
@@ -259,7 +259,7 @@ def markdown(ours: list[dict], pub: list[dict], metrics: list[dict], overlays: d
                 "> Our numbers here are on **synthetic** data: they test the pipeline, and are not comparable "
                 "with the published rows.\n\n"
             )
-        w(_md_table(TABLE_HEAD, [_table_cells(r) for r in rows]) + "\n\n")
+        w(_md_table(table_head(), [_table_cells(r) for r in rows]) + "\n\n")
     if not ours:
         w("_No regime metrics found._\n\n")
     w("![Dice vs labelled fraction](dice_vs_fraction.png)\n\n")
@@ -674,7 +674,7 @@ def run(params, metrics_dir: Path, eval_root: Path, out_dir: Path, studies_dir: 
                           "medref eval <regime>`), then re-run `medref report`")
     ours, pub = build(params, metrics)
     with atomic_dir(out_dir) as out:
-        _write_csv(out / "report.csv", ours + pub, CSV_COLUMNS)
+        _write_csv(out / "report.csv", ours + pub, csv_columns())
         _dice_vs_fraction(out, ours, pub)
         shown = _copy_eval_figures(out, eval_root, ours, params.report.n_overlays)
         studies = _studies_section(out, studies_dir) if studies_dir is not None else ""

@@ -17,7 +17,8 @@ the grid gives the study (params.yaml ``studies.<study>``; run names in workflow
   global Dice recomputed from the resampled pixel counts; ``studies.<study>.bootstrap`` replicates seeded
   with base.seed).
 - **Ablation table**: each variant minus its own method (``semi_medref-no_posaug`` - ``semi_medref``).
-- **Verdicts** of the two seed papers' falsification tests, from these numbers, with the numbers.
+- **Verdicts** of the two seed papers' falsification tests (``HYPOTHESES``, one table), from these numbers, with the
+  numbers.
 """
 
 from __future__ import annotations
@@ -25,37 +26,32 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.evaluate.metric_specs import METRICS, lookup, specs
 from pipeline_src.utils.io import atomic_dir, write_json
 
-# (metrics.json key path, label); dispersion is Med-DisSeg's probe
-METRICS = [
-    ("dice", "Dice"), ("dice_global", "Dice (global)"), ("iou", "IoU"), ("iou_global", "IoU (global)"),
-    ("hd95", "HD95 px"), ("nsd", "NSD"), ("alignment.top1", "i2t top-1"),
-    ("alignment.region_agreement", "region agree"), ("dispersion.mean_pairwise_dist", "dispersion"),
-]
+# The metrics of each table, in column order; labels, digits and directions are pipeline_src/evaluate/metric_specs.py's.
+# dispersion is Med-DisSeg's probe
+MAIN = ("dice", "dice_global", "iou", "iou_global", "hd95", "nsd", "alignment.top1", "alignment.region_agreement",
+        "dispersion.mean_pairwise_dist")
 # eval's text-reliance probe (text-guided runs only; null for image-only ones): Dice with deranged texts and with
 # left/right swapped, and the drops from the true-text Dice
-RELIANCE = [
-    ("text_reliance.true_dice", "Dice (true text)"), ("text_reliance.shuffled_dice", "Dice (shuffled)"),
-    ("text_reliance.drop_shuffled", "drop (shuffled)"), ("text_reliance.swapped_dice", "Dice (L/R swapped)"),
-    ("text_reliance.drop_swapped", "drop (swapped)"),
-]
-LOWER_IS_BETTER = {"hd95"}
+RELIANCE = ("text_reliance.true_dice", "text_reliance.shuffled_dice", "text_reliance.drop_shuffled",
+            "text_reliance.swapped_dice", "text_reliance.drop_swapped")
+DELTA_COLUMNS = ("dice", "dice_global", "hd95", "nsd", "alignment.top1")  # of the paired deltas (all of MAIN in json)
+ABLATION_COLUMNS = (*DELTA_COLUMNS, "dispersion.mean_pairwise_dist")
 SEMI_MEDREF, MEDDISSEG = "semi_medref", "meddisseg"
 FALSIFICATION_FRACTION = 0.10
 
 
 # ---- reading the runs ------------------------------------------------------------------------------------------
 def _get(m: dict, dotted: str) -> float | None:
-    node: Any = m
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
+    node = lookup(m, dotted)
     return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
 
 
@@ -116,7 +112,7 @@ def paired(a: dict[int, dict], b: dict[int, dict], key: str, boot_idx: np.ndarra
             deltas[s] = x - y
     if not deltas:
         return None
-    sign = -1.0 if key in LOWER_IS_BETTER else 1.0
+    sign = -1.0 if METRICS[key].lower_is_better else 1.0
     out = {"seeds": sorted(deltas), "deltas": [deltas[s] for s in sorted(deltas)],
            "mean": float(np.mean(list(deltas.values()))),
            "wins": int(sum(sign * d > 0 for d in deltas.values())), "n": len(deltas), "ci95": None}
@@ -171,7 +167,7 @@ def aggregate(params, study: str, cells: dict) -> dict:
     fractions = sorted({f for v in cells.values() for f in v})
     boot = _bootstrap_index(cells, st.bootstrap, params.base.seed)
     table = {v: {f"{f:g}": {k: _mean_std([_get(c["metrics"], k) for c in cells[v].get(f, {}).values()])
-                            for k, _ in METRICS + RELIANCE} for f in fractions if f in cells[v]} for v in variants}
+                            for k in MAIN + RELIANCE} for f in fractions if f in cells[v]} for v in variants}
     best_ssl = {}
     for f in fractions:
         present = [b for b in st.ssl_baselines if f in cells.get(b, {})]
@@ -179,7 +175,7 @@ def aggregate(params, study: str, cells: dict) -> dict:
             best_ssl[f] = max(present, key=lambda b: table[b][f"{f:g}"]["dice"]["mean"] or -1.0)
 
     def compare(v: str, ref: str, f: float) -> dict:
-        return {k: paired(cells[v][f], cells[ref][f], k, boot[f]) for k, _ in METRICS}
+        return {k: paired(cells[v][f], cells[ref][f], k, boot[f]) for k in MAIN}
 
     deltas = []
     for f in fractions:
@@ -209,10 +205,6 @@ def aggregate(params, study: str, cells: dict) -> dict:
     return result
 
 
-def _find(rows: list[dict], **match) -> dict | None:
-    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
-
-
 def _fmt_delta(d: dict | None, digits: int = 3) -> str:
     if d is None:
         return "n/a"
@@ -220,89 +212,152 @@ def _fmt_delta(d: dict | None, digits: int = 3) -> str:
     return f"{d['mean']:+.{digits}f} (wins {d['wins']}/{d['n']}{ci})"
 
 
-def verdicts(params, study: str, cells: dict, res: dict) -> dict:
-    """The falsification tests of the two seed papers, as {test: {verdict, evidence}}."""
-    st = params.study(study)
-    out: dict[str, dict] = {}
-    f = FALSIFICATION_FRACTION
-    hint = f"add it to studies.{study}.methods (or set study_size: full and run `medref grid`)"
+# ---- the falsification tests -----------------------------------------------------------------------------------
+BEST_SSL = "best_ssl"  # Hypothesis.against: the best of the study's ssl_baselines at the fraction (as in the deltas)
 
-    methods = {(params.variants[v].method if v in params.variants else v) for v in cells}
-    # Each paper's tests are reported for a study that runs its method (the mosmed study has nothing to test).
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One falsification test of a seed paper, read off the paired deltas the study already holds (the same
+    bootstrap index; no second computation).
+
+    Its rows are the comparisons ``compare`` minus ``against``, one per labelled fraction (or only ``fraction``),
+    each the deltas of ``metrics``; a row without one of them decides nothing. ``test`` gives the verdict:
+
+    - "ci": the bootstrap 95 % CI of the first metric's delta lies on the ``sign`` side of 0 at every fraction
+      (``yes``), on the other side at every fraction (``no``), or neither (``undecided``);
+    - "seeds": every seed's delta of the first metric, at every fraction, has the ``sign`` (``yes``), or every one the
+      other sign (``no``), or the signs differ (``undecided``);
+    - "means": the first metric's mean delta rises at every fraction (else ``premise``: the change does not do what
+      it is for), and the other metrics' are nowhere better (``yes``, else ``no``; better: metric_specs' direction).
+    """
+
+    key: str  # its name under "verdicts" in studies/<study>.json
+    method: str  # the paper's method: a study that does not run it has nothing to test (and no entry)
+    compare: str  # the variant tested, ...
+    against: str  # ... minus this one (an ablation), or minus BEST_SSL
+    metrics: tuple[str, ...]  # metric_specs keys
+    test: str  # "ci", "seeds" or "means"
+    yes: str
+    no: str
+    no_data: str  # the verdict when no row has every metric
+    evidence: str  # one row, str.format'ed: {fraction}, {compare}, {against} and the metrics' deltas {0}, {1}, ...
+    undecided: str = ""  # "ci", "seeds"
+    premise: str = ""  # "means"
+    sign: int = 0  # "ci", "seeds": the sign of the delta that the claim predicts
+    fraction: float | None = None  # only at this labelled fraction; None: at each one the study has
+    flip: bool = False  # ``compare`` turns the change off: the claim is about on - off = -(compare - against)
+    record: str = ""  # a json field keeping the first metric's deltas, by fraction (the delta at ``fraction``)
+    list_missing: bool = False  # the evidence lists fractions without the metric too (as n/a)
+
+
+HYPOTHESES = (
     # Semi-MedRef 1: at 10 % labels, does semi_medref fall below the SSL baselines?
-    best = res["best_ssl"].get(f"{f:g}")
-    key = "semi_medref_below_ssl_at_10pct"
-    if SEMI_MEDREF not in methods:
-        pass
-    elif SEMI_MEDREF not in cells or f not in cells[SEMI_MEDREF] or best is None:
-        out[key] = {"verdict": "not tested", "evidence": f"needs {SEMI_MEDREF} and one of {st.ssl_baselines} at "
-                                                          f"{f:.0%}; {hint}"}
-    else:
-        # the paired delta the table already holds (same bootstrap index), not a second computation
-        d = _find(res["deltas"], fraction=f, method=SEMI_MEDREF, kind="best_ssl")["dice"]
-        if d["ci95"] is not None and d["ci95"][1] < 0:
-            verdict = "yes: the claim is falsified here (Semi-MedRef is below the best SSL baseline)"
-        elif d["ci95"] is not None and d["ci95"][0] > 0:
-            verdict = "no: Semi-MedRef is above the best SSL baseline"
-        else:
-            verdict = "inconclusive: the CI of the difference includes 0"
-        out[key] = {"verdict": verdict, "best_ssl": best, "dice_delta": d,
-                    "evidence": f"Dice {SEMI_MEDREF} - {best} at {f:.0%}: {_fmt_delta(d)}"}
-
+    Hypothesis(
+        "semi_medref_below_ssl_at_10pct", SEMI_MEDREF, compare=SEMI_MEDREF, against=BEST_SSL,
+        fraction=FALSIFICATION_FRACTION, metrics=("dice",), test="ci", sign=-1, record="dice_delta",
+        yes="yes: the claim is falsified here (Semi-MedRef is below the best SSL baseline)",
+        no="no: Semi-MedRef is above the best SSL baseline",
+        undecided="inconclusive: the CI of the difference includes 0",
+        no_data="not tested: the runs have no Dice to compare",
+        evidence="Dice {compare} - {against} at {fraction:.0%}: {0}",
+    ),
     # Semi-MedRef 2: does image->text alignment drop when T-PatchMix is on?
-    key, off = "alignment_drops_with_tpatchmix", f"{SEMI_MEDREF}-no_tpatchmix"
-    rows = [r for r in res["ablations"] if r["variant"] == off and r["against"] == SEMI_MEDREF]
-    if SEMI_MEDREF not in methods:
-        pass
-    elif not rows:
-        out[key] = {"verdict": "not tested", "evidence": f"needs {off} beside {SEMI_MEDREF}; {hint}"}
-    else:
-        per_f = {}
-        for r in rows:  # on - off = -(off - on)
-            d = r["alignment.top1"]
-            per_f[f"{r['fraction']:g}"] = None if d is None else {**d, "mean": -d["mean"],
-                                                                  "deltas": [-x for x in d["deltas"]],
-                                                                  "wins": d["n"] - d["wins"]}
-        ds = [d for d in per_f.values() if d]
-        if not ds:
-            verdict = "not tested: no alignment scores (eval.alignment is off?)"
-        elif all(x < 0 for d in ds for x in d["deltas"]):
-            verdict = "yes: top-1 is lower with T-PatchMix on, in every seed and fraction"
-        elif all(x > 0 for d in ds for x in d["deltas"]):
-            verdict = "no: top-1 is higher with T-PatchMix on, in every seed and fraction"
-        else:
-            verdict = "inconclusive: the sign changes across seeds or fractions"
-        out[key] = {"verdict": verdict, "top1_on_minus_off": per_f,
-                    "evidence": "; ".join(f"{k}: {_fmt_delta(d)}" for k, d in per_f.items())}
-
+    Hypothesis(
+        "alignment_drops_with_tpatchmix", SEMI_MEDREF, compare=f"{SEMI_MEDREF}-no_tpatchmix", against=SEMI_MEDREF,
+        flip=True, metrics=("alignment.top1",), test="seeds", sign=-1, record="top1_on_minus_off",
+        list_missing=True,
+        yes="yes: top-1 is lower with T-PatchMix on, in every seed and fraction",
+        no="no: top-1 is higher with T-PatchMix on, in every seed and fraction",
+        undecided="inconclusive: the sign changes across seeds or fractions",
+        no_data="not tested: no alignment scores (eval.alignment is off?)",
+        evidence="{fraction:g}: {0}",
+    ),
     # Med-DisSeg: does the dispersive loss raise dispersion while HD95 / NSD are no better?
-    key, on = "dispersion_up_boundaries_not_better", f"{MEDDISSEG}-disp"
-    rows = [r for r in res["ablations"] if r["variant"] == on and r["against"] == MEDDISSEG]
-    if MEDDISSEG not in methods:
-        pass
-    elif not rows:
-        out[key] = {"verdict": "not tested", "evidence": f"needs {on} beside {MEDDISSEG}; {hint}"}
+    Hypothesis(
+        "dispersion_up_boundaries_not_better", MEDDISSEG, compare=f"{MEDDISSEG}-disp", against=MEDDISSEG,
+        metrics=("dispersion.mean_pairwise_dist", "hd95", "nsd"), test="means",
+        yes="yes: dispersion rises, HD95 and NSD are no better (the boundary claim is falsified here)",
+        no="no: dispersion rises and HD95 or NSD improve",
+        premise="no: the loss does not raise the measured dispersion",
+        no_data="not tested: the runs have no dispersion (eval.dispersion_stage is null?)",
+        evidence="{fraction:.0%}: dispersion {0}, HD95 {1}, NSD {2}",
+    ),
+)  # fmt: skip
+
+
+def verdicts(params, study: str, cells: dict, res: dict) -> dict:
+    """The falsification tests of the two seed papers (HYPOTHESES), as {test: {verdict, evidence, ...}}. Each
+    paper's tests are reported for a study that runs its method (the mosmed study has nothing to test)."""
+    methods = {(params.variants[v].method if v in params.variants else v) for v in cells}
+    return {h.key: _verdict(h, params.study(study).ssl_baselines, study, res) for h in HYPOTHESES
+            if h.method in methods}
+
+
+def _verdict(h: Hypothesis, ssl_baselines: list[str], study: str, res: dict) -> dict:
+    """One verdict: {verdict, evidence} and, as the table says, the recorded deltas and the best SSL baseline."""
+    if h.against == BEST_SSL:
+        rows = [d for d in res["deltas"] if d["kind"] == BEST_SSL and d["method"] == h.compare]
+        needs = f"needs {h.compare} and one of {ssl_baselines}"
     else:
-        parts, flags = [], []
-        for r in rows:
-            disp, hd, nsd = r["dispersion.mean_pairwise_dist"], r["hd95"], r["nsd"]
-            if disp is None or hd is None or nsd is None:
-                continue
-            up = disp["mean"] > 0
-            no_better = hd["mean"] >= 0 and nsd["mean"] <= 0
-            flags.append((up, no_better))
-            parts.append(f"{r['fraction']:.0%}: dispersion {_fmt_delta(disp)}, HD95 {_fmt_delta(hd, 2)}, "
-                         f"NSD {_fmt_delta(nsd)}")
-        if not flags:
-            verdict = "not tested: the runs have no dispersion (eval.dispersion_stage is null?)"
-        elif all(u and nb for u, nb in flags):
-            verdict = "yes: dispersion rises, HD95 and NSD are no better (the boundary claim is falsified here)"
-        elif all(u for u, _ in flags):
-            verdict = "no: dispersion rises and HD95 or NSD improve"
-        else:
-            verdict = "no: the loss does not raise the measured dispersion"
-        out[key] = {"verdict": verdict, "evidence": "; ".join(parts)}
+        rows = [d for d in res["ablations"] if d["variant"] == h.compare and d["against"] == h.against]
+        needs = f"needs {h.compare} beside {h.against}"
+    if h.fraction is not None:
+        rows = [r for r in rows if r["fraction"] == h.fraction]
+        needs += f" at {h.fraction:.0%}"
+    if not rows:
+        hint = f"add it to studies.{study}.methods (or set study_size: full and run `medref grid`)"
+        return {"verdict": "not tested", "evidence": f"{needs}; {hint}"}
+    deltas = [[_flipped(r[k]) if h.flip else r[k] for k in h.metrics] for r in rows]
+    complete = [ds for ds in deltas if None not in ds]
+    shown = [(r, ds) for r, ds in zip(rows, deltas, strict=True) if h.list_missing or None not in ds]
+    out = {"verdict": _decide(h, complete) if complete else h.no_data,
+           "evidence": "; ".join(_evidence(h, r, ds) for r, ds in shown)}
+    if h.record:
+        kept = {f"{r['fraction']:g}": ds[0] for r, ds in zip(rows, deltas, strict=True)}
+        out[h.record] = next(iter(kept.values())) if h.fraction is not None else kept
+    if h.against == BEST_SSL:
+        out[BEST_SSL] = rows[0]["against"]
     return out
+
+
+def _evidence(h: Hypothesis, row: dict, deltas: list[dict | None]) -> str:
+    texts = [_fmt_delta(d, s.digits) for d, s in zip(deltas, specs(h.metrics), strict=True)]
+    return h.evidence.format(*texts, fraction=row["fraction"], compare=h.compare, against=row["against"])
+
+
+def _flipped(d: dict | None) -> dict | None:
+    """A paired delta turned round (b - a from a - b)."""
+    if d is None:
+        return None
+    ci = d["ci95"]
+    return {**d, "mean": -d["mean"], "deltas": [-x for x in d["deltas"]], "wins": d["n"] - d["wins"],
+            "ci95": None if ci is None else [-ci[1], -ci[0]]}
+
+
+def _decide(h: Hypothesis, rows: list[list[dict]]) -> str:
+    """h's verdict from the complete rows (each the deltas of h.metrics at one fraction)."""
+    if h.test == "means":
+        if not all(ds[0]["mean"] > 0 for ds in rows):
+            return h.premise
+        better = any(_improves(k, d["mean"]) for ds in rows for k, d in zip(h.metrics[1:], ds[1:], strict=True))
+        return h.no if better else h.yes
+    if h.test == "ci":  # the CI is on one side of 0 where both its ends are
+        cis = [ds[0]["ci95"] for ds in rows]
+        if None in cis:
+            return h.undecided
+        values = [x for ci in cis for x in ci]
+    else:  # "seeds"
+        values = [x for ds in rows for x in ds[0]["deltas"]]
+    if all(h.sign * x > 0 for x in values):
+        return h.yes
+    if all(h.sign * x < 0 for x in values):
+        return h.no
+    return h.undecided
+
+
+def _improves(key: str, delta: float) -> bool:
+    return delta < 0 if METRICS[key].lower_is_better else delta > 0
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
@@ -312,44 +367,47 @@ def _cell(t: dict, digits: int) -> str:
     return f"{t['mean']:.{digits}f}" + (f" ± {t['std']:.{digits}f}" if t["std"] is not None else "")
 
 
+def _delta_table(head: list[str], keys: tuple[str, ...], rows: list[tuple[list[str], dict]]) -> list[str]:
+    """A markdown table of paired deltas: the ``head`` columns, then one Δ column per metric of ``keys``."""
+    cols = specs(keys)
+    lines = ["| " + " | ".join(head + [f"Δ {s.label}" for s in cols]) + " |", "|" + "---|" * (len(head) + len(cols))]
+    for first, d in rows:
+        lines.append("| " + " | ".join(first + [_fmt_delta(d[s.key], s.digits) for s in cols]) + " |")
+    return lines
+
+
 def markdown(res: dict) -> str:
     lines = [f"# Study `{res['study']}` ({res['dataset']}, study_size {res['study_size']})", "",
              f"Seeds {res['seeds']}; mean ± std over seeds (sample std; none shown for one seed). Dice/IoU: "
              "per-image mean, and global (pixel counts pooled over the test images). HD95 in pixels.", ""]
-    head = ["method", "labelled"] + [lab for _, lab in METRICS]
+    head = ["method", "labelled"] + [s.header for s in specs(MAIN)]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, by_f in res["table"].items():
         for f, t in by_f.items():
             lines.append("| " + " | ".join([v + (" (headline)" if v == res["headline"] else ""), f"{float(f):.0%}"]
-                                           + [_cell(t[k], 2 if k == "hd95" else 3) for k, _ in METRICS]) + " |")
+                                           + [_cell(t[s.key], s.digits) for s in specs(MAIN)]) + " |")
     reliance = [(v, f, t) for v, by_f in res["table"].items() for f, t in by_f.items()
-                if t.get(RELIANCE[0][0], {}).get("mean") is not None]
+                if t.get(RELIANCE[0], {}).get("mean") is not None]
     if reliance:
         lines += ["", "## Text reliance (does the model read the report?)", "",
                   "Per-image Dice with each test image's text replaced by another test image's (a fixed seeded "
                   "derangement), and with left/right swapped in every text, beside the true-text Dice; drop = true "
                   "minus perturbed. Image-only runs read no text and are left out.", "",
-                  "| method | labelled | " + " | ".join(lab for _, lab in RELIANCE) + " |",
+                  "| method | labelled | " + " | ".join(s.label for s in specs(RELIANCE)) + " |",
                   "|" + "---|" * (len(RELIANCE) + 2)]
         for v, f, t in reliance:
-            lines.append(f"| {v} | {float(f):.0%} | " + " | ".join(_cell(t[k], 3) for k, _ in RELIANCE) + " |")
+            lines.append(f"| {v} | {float(f):.0%} | " + " | ".join(_cell(t[s.key], s.digits) for s in specs(RELIANCE))
+                         + " |")
     lines += ["", "## Paired deltas (method − reference, same labelled set, seed by seed)", "",
               "Wins: seeds where the method is better. CI: bootstrap 95 % over test images "
-              f"({res['bootstrap']['replicates']} replicates, seed {res['bootstrap']['seed']}).", "",
-              "| labelled | method | against | Δ Dice | Δ Dice (global) | Δ HD95 | Δ NSD | Δ i2t top-1 |",
-              "|---|---|---|---|---|---|---|---|"]
-    for d in res["deltas"]:
-        lines.append(f"| {d['fraction']:.0%} | {d['method']} | {d['against']} ({d['kind']}) | {_fmt_delta(d['dice'])} | "
-                     f"{_fmt_delta(d['dice_global'])} | {_fmt_delta(d['hd95'], 2)} | {_fmt_delta(d['nsd'])} | "
-                     f"{_fmt_delta(d['alignment.top1'])} |")
+              f"({res['bootstrap']['replicates']} replicates, seed {res['bootstrap']['seed']}).", ""]
+    lines += _delta_table(["labelled", "method", "against"], DELTA_COLUMNS,
+                          [([f"{d['fraction']:.0%}", d["method"], f"{d['against']} ({d['kind']})"], d)
+                           for d in res["deltas"]])
     if res["ablations"]:
-        lines += ["", "## Ablations (variant − its method)", "",
-                  "| labelled | variant | against | Δ Dice | Δ Dice (global) | Δ HD95 | Δ NSD | Δ i2t top-1 | Δ dispersion |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for d in res["ablations"]:
-            lines.append(f"| {d['fraction']:.0%} | {d['variant']} | {d['against']} | {_fmt_delta(d['dice'])} | "
-                         f"{_fmt_delta(d['dice_global'])} | {_fmt_delta(d['hd95'], 2)} | {_fmt_delta(d['nsd'])} | "
-                         f"{_fmt_delta(d['alignment.top1'])} | {_fmt_delta(d['dispersion.mean_pairwise_dist'])} |")
+        lines += ["", "## Ablations (variant − its method)", ""]
+        lines += _delta_table(["labelled", "variant", "against"], ABLATION_COLUMNS,
+                              [([f"{d['fraction']:.0%}", d["variant"], d["against"]], d) for d in res["ablations"]])
     if res["verdicts"]:
         lines += ["", "## Falsification tests", ""]
     for k, v in res["verdicts"].items():
@@ -400,12 +458,12 @@ def _plot(res: dict, out: Path) -> None:
 
 def _csv(res: dict, out: Path) -> None:
     """Long table, one row per (method, fraction): the `dvc plots` source and a spreadsheet's."""
-    cols = ["method", "fraction_pct"] + [f"{k}_{s}" for k, _ in METRICS + RELIANCE for s in ("mean", "std")]
+    cols = ["method", "fraction_pct"] + [f"{k}_{s}" for k in MAIN + RELIANCE for s in ("mean", "std")]
     rows = [",".join(cols)]
     for v, by_f in res["table"].items():
         for f, t in sorted(by_f.items(), key=lambda x: float(x[0])):
             vals = [v, f"{float(f) * 100:g}"] + ["" if t[k][s] is None else f"{t[k][s]:.6g}"
-                                                  for k, _ in METRICS + RELIANCE for s in ("mean", "std")]
+                                                  for k in MAIN + RELIANCE for s in ("mean", "std")]
             rows.append(",".join(vals))
     out.write_text("\n".join(rows) + "\n")
 

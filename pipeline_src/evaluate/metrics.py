@@ -26,6 +26,9 @@ charge the worst possible distance in the image (its diagonal) instead of droppi
 because dropping it (MONAI's NaN) would *reward* a model for predicting nothing on hard images.
 Sensitivity is undefined without lesion pixels (NaN; excluded from the mean, and the count of
 samples it was defined for is reported); specificity likewise for an all-lesion ground truth.
+
+How each metric is labelled, its unit, direction and number format: pipeline_src/evaluate/metric_specs.py, the one
+table that study and report read (a file of its own, so that they do not depend on this one).
 """
 
 from __future__ import annotations

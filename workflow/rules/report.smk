@@ -8,6 +8,7 @@ rule study:
         "pipeline_src/grid.py",
         "pipeline_src/models/folder.py",
         "pipeline_src/aggregate/study.py",
+        "pipeline_src/evaluate/metric_specs.py",  # labels, units, directions
     output:
         report(
             directory("studies/{study}"),
@@ -45,6 +46,7 @@ rule report:
         "pipeline_src/data/volumes.py",
         "pipeline_src/aggregate/report.py",
         "pipeline_src/evaluate/metrics.py",
+        "pipeline_src/evaluate/metric_specs.py",
         "pipeline_src/evaluate/multiclass.py",
         "pipeline_src/evaluate/plots.py",
         # multiclass.py restacks volumes with data/volumes.py, which imports these
