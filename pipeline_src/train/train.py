@@ -493,7 +493,7 @@ def _provenance(params, regime, shards_dir, labels_file, split_file, steps: int,
 
     raw = params.model_dump(mode="json")
     block = provenance.block(raw, ["base", "train", f"regimes.{regime}"],
-                             {"shards": shards_dir, "labels": labels_file, "split": split_file})
+                             {"shards": shards_dir, "labels": labels_file, "split": split_file}, device=device)
     block["steps"] = steps
     if device == "cpu":  # CPU weights: bit-identical on the same CPU kind (native), or any x86-64 (portable)
         block.update(provenance.cpu_record())
