@@ -162,3 +162,16 @@ def block(
     if extra:
         out.update(extra)
     return out
+
+
+def stage_block(params, keys: list[str], inputs: dict[str, str | Path], *, device: str,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The provenance block of a stage that computes floats (train, eval): :func:`block` over the validated params
+    this stage read (defaults filled in, so a default that changes in code changes the digest too), plus
+    :func:`cpu_record` when the result was computed on CPU (bit-identical on the same CPU kind under native numerics,
+    on any x86-64 CPU under portable)."""
+    extra = dict(extra or {})
+    if str(device).startswith("cpu"):
+        extra.update(cpu_record())
+    return block(params.model_dump(mode="json"), keys, inputs, device=str(device), extra=extra)
+

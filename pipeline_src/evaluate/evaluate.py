@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline_src import provenance
 from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate import metrics as M
 from pipeline_src.evaluate import plots
@@ -32,6 +33,7 @@ from pipeline_src.models.alignment import alignment_score
 from pipeline_src.models.folder import CARD, ModelFolder
 from pipeline_src.models.task import BINARY, CLASS_INDEX, from_manifest
 from pipeline_src.utils.io import atomic_dir, write_json
+from pipeline_src.utils.stage import torch_device
 
 OVERLAY_KINDS = ("best", "median", "worst")
 
@@ -252,7 +254,6 @@ def run(
     params, regime: str, model_dir: Path, shards_dir: Path, labels_file: Path, metrics_file: Path, out_dir: Path
 ) -> dict:
     """Evaluate ``models/<regime>`` and write ``metrics/<regime>.json`` and ``eval/<regime>/``."""
-    import torch
 
     from pipeline_src.data.dataset import ShardDataset
     from pipeline_src.data.shards import eval_split, load_manifest
@@ -262,10 +263,9 @@ def run(
     _require_trained_on(model_dir, shards_dir, regime)
     params.regime(regime)  # an unknown run: one clear error before the model loads
     ep = params.eval
-    torch.set_num_threads(params.base.cpu_threads)  # same bits as any engine/launcher (see base.cpu_threads)
+    device = torch_device("auto", threads=params.base.cpu_threads)
     split = eval_split(shards_dir)
     regions = read_regions(labels_file)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     predictor = _load_predictor(model_dir, device)
     dataset = ShardDataset(shards_dir, split)
     if len(dataset) == 0:
@@ -426,22 +426,8 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _provenance(params, regime: str, model_dir: Path, shards_dir: Path, labels_file: Path, device: str) -> dict:
-    from pipeline_src import provenance
-
-    # The digest covers the validated params this stage read (defaults filled in), so a default
-    # that changes in code changes the digest too.
-    raw = params.model_dump(mode="json")
-    keys = ["base", "eval", f"regimes.{regime}"]
-    extra = {}
     folder = ModelFolder(model_dir)
-    if (trained := folder.train_record()) is not None:  # what trained the model: its commit, params, data, weights
-        extra["train"] = trained
-    if str(device).startswith("cpu"):  # CPU metrics: bit-identical on the same CPU kind, or any x86-64 (portable)
-        extra.update(provenance.cpu_record())
-    return provenance.block(
-        raw,
-        keys,
-        {"model": folder.model_file, "shards": shards_dir, "labels": labels_file},
-        device=device,
-        extra=extra,
-    )
+    trained = folder.train_record()  # what trained the model: its commit, params, data, weights
+    return provenance.stage_block(params, ["base", "eval", f"regimes.{regime}"],
+                                  {"model": folder.model_file, "shards": shards_dir, "labels": labels_file},
+                                  device=device, extra={"train": trained} if trained is not None else None)

@@ -42,6 +42,7 @@ from pipeline_src.errors import MedrefError
 from pipeline_src.inference.params import PostprocessParams
 from pipeline_src.models import card, folder
 from pipeline_src.models.folder import CONFIG, EXPORT
+from pipeline_src.utils.stage import torch_device
 
 DICOM_EXTS = (".dcm", ".dicom")
 CSV_COLUMNS = ("id", "image", "text", "lesion_pixels", "lesion_fraction", "regions", "mean_confidence",
@@ -146,16 +147,6 @@ def eval_settings(model_dir: Path, regime: str | None, project=None,
     if project is not None:
         return project.eval.model_dump(), f"{project_source} (eval)"
     return PostprocessParams().model_dump(), "defaults (no metrics file, no params.yaml)"
-
-
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MedrefError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
-    return device
 
 
 def input_spec(config: dict, model_dir: Path, project=None, project_source: str = "params.yaml") -> tuple[int, object]:
@@ -333,13 +324,13 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     elif exported is not None and predictor.numpy_io:  # an ONNX file on CLIP's BPE: onnxruntime, no torch import
         dev = "cpu"
     else:
-        import torch
+        import torch  # the torch engine only: the onnx paths above run without it
 
-        dev = "cpu" if exported is not None else _pick_device(device)
-        if dev == "cpu" and prm is not None:
-            # eval's thread count (base.cpu_threads): on CPU the thread count can change the float bits, and an
-            # image of the eval split must get eval's mask
-            torch.set_num_threads(prm.base.cpu_threads)
+        # eval's thread count (base.cpu_threads): on CPU the thread count can change the float bits, and an image
+        # of the eval split must get eval's mask
+        dev = torch_device("cpu" if exported is not None else device,
+                           threads=prm.base.cpu_threads if prm is not None else None,
+                           unavailable="--device cuda: no CUDA device is available here; use --device cpu (or auto)")
     numpy_io = onnx is not None or (exported is not None and predictor.numpy_io)
     if exported is None and onnx is None:
         from pipeline_src.inference.predictor import load_predictor

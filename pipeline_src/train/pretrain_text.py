@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import atomic_dir, write_json
+from pipeline_src.utils.stage import torch_device
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PROVENANCE = "pretrain.json"
@@ -96,7 +97,7 @@ def run(params, dataset: str, shards_dir: Path, out_dir: Path) -> Path:
     if not texts:
         raise MedrefError(f"{shards_dir}/train: no report texts to pretrain on (dataset {dataset!r} has none); "
                           f"remove it from pretrain_text.datasets")
-    torch.set_num_threads(params.base.cpu_threads)
+    device = torch_device("cpu", threads=params.base.cpu_threads)  # a small MLM: trained on CPU, bit-reproducible
     torch.use_deterministic_algorithms(True)
     with atomic_dir(out_dir) as tmp:
         vocab_file = tmp / "vocab.txt"
@@ -145,11 +146,10 @@ def run(params, dataset: str, shards_dir: Path, out_dir: Path) -> Path:
             losses.append(round(out.loss.item(), 6))
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        raw = params.model_dump(mode="json")
         inputs_ = {"shards": shards_dir, **({"vocab": Path(cfg.vocab)} if cfg.vocab else {})}
         write_json(tmp / PROVENANCE, {
-            **provenance.block(raw, ["base.cpu_threads", "base.cpu_numerics", "pretrain_text"], inputs_),
-            **provenance.cpu_record(),  # CPU weights: bit-identical on the same CPU kind, or any x86-64 (portable)
+            **provenance.stage_block(params, ["base.cpu_threads", "base.cpu_numerics", "pretrain_text"], inputs_,
+                                     device=device),
             "dataset": dataset, "n_texts": len(texts), "vocab_size": len(vocab),
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             # about 50 points: enough for a curve, small enough to read

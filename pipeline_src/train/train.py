@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline_src import provenance
 from pipeline_src.data.shards import load_manifest
 from pipeline_src.errors import MedrefError
 from pipeline_src.labels.table import Label, read_labels
@@ -41,6 +42,7 @@ from pipeline_src.models.weights import record as weights_record
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.train.methods import METHODS
 from pipeline_src.utils.io import output_errors, sha256_json, write_json
+from pipeline_src.utils.stage import torch_device
 
 # Keys that do not change the result: a checkpoint written under other values still resumes.
 NON_RESULT_KEYS = ("max_steps", "checkpoint_every", "val_max", "compile", "device", "small_labelled")
@@ -155,14 +157,6 @@ def make_schedules(cfg, total: int, steps_per_epoch: int) -> Schedules:
 
 
 # ---- setup helpers ------------------------------------------------------------------------------------------------
-
-def pick_device(cfg) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise MedrefError("train.device: cuda requested but no CUDA device is available")
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
 
 def seed_everything(seed: int, device: torch.device) -> None:
     random.seed(seed)
@@ -310,9 +304,9 @@ def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_fil
     plan = preflight(params, regime, shards_dir=shards_dir, labels_file=labels_file, split_file=split_file,
                      out_dir=out_dir, run_dir=run_dir)
     cfg = plan.cfg
-    torch.set_num_threads(params.base.cpu_threads)  # see base.cpu_threads: bit-identical weights across engines
+    device = torch.device(torch_device(cfg.device, threads=params.base.cpu_threads,
+                                       unavailable="train.device: cuda requested but no CUDA device is available"))
     seed = params.base.seed + params.regime(regime).seed  # a study's seed axis: base.seed + 0, 1, 2, ...
-    device = pick_device(cfg)
     seed_everything(seed, device)
 
     labels = read_labels(labels_file)
@@ -489,15 +483,9 @@ def _output_errors(path: Path, regime: str):
 
 
 def _provenance(params, regime, shards_dir, labels_file, split_file, steps: int, device: str) -> dict:
-    from pipeline_src import provenance
-
-    raw = params.model_dump(mode="json")
-    block = provenance.block(raw, ["base", "train", f"regimes.{regime}"],
-                             {"shards": shards_dir, "labels": labels_file, "split": split_file}, device=device)
-    block["steps"] = steps
-    if device == "cpu":  # CPU weights: bit-identical on the same CPU kind (native), or any x86-64 (portable)
-        block.update(provenance.cpu_record())
-    return block
+    return provenance.stage_block(params, ["base", "train", f"regimes.{regime}"],
+                                  {"shards": shards_dir, "labels": labels_file, "split": split_file},
+                                  device=device, extra={"steps": steps})
 
 
 def _write_live(live_dir: Path, history: list[dict], config: dict) -> None:
