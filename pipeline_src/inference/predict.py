@@ -32,16 +32,29 @@ import io
 import json
 import sys
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from pipeline_src import paths
+from pipeline_src.data.imageio import ANY_SIZE, IntensityRule, Limits, read_grey
+from pipeline_src.data.layouts import IMAGE_EXTS, _lookup, clean_text, nfc, read_text_table
+from pipeline_src.data.params import PreprocessParams
 from pipeline_src.errors import MedrefError
+from pipeline_src.inference.exported import load_exported
+from pipeline_src.inference.onnx_engine import ENGINES, OnnxPredictor, export_of, usable
+from pipeline_src.inference.outputs import refuse_dvc_output
 from pipeline_src.inference.params import PostprocessParams
+from pipeline_src.inference.postprocess import postprocess
+from pipeline_src.inference.sidecar import SUFFIXES, sidecar_of
+from pipeline_src.labels.mask_regions import mask_to_regions
 from pipeline_src.models import card, folder
 from pipeline_src.models.folder import CONFIG, EXPORT
+from pipeline_src.utils.io import atomic_dir, write_json
 from pipeline_src.utils.stage import torch_device
 
 DICOM_EXTS = (".dcm", ".dicom")
@@ -58,8 +71,6 @@ class Item:
 
 def collect_images(args: list[str]) -> list[Path]:
     """Files as given (any extension: the content decides), folders' image and DICOM files (sorted, not recursive)."""
-    from pipeline_src.data.layouts import IMAGE_EXTS
-
     out: list[Path] = []
     for a in args:
         p = Path(a)
@@ -79,8 +90,6 @@ def collect_images(args: list[str]) -> list[Path]:
 
 
 def _ids(images: list[Path]) -> list[str]:
-    from pipeline_src.data.layouts import nfc
-
     ids: dict[str, Path] = {}
     for im in images:
         i = nfc(im.stem)
@@ -93,13 +102,9 @@ def _ids(images: list[Path]) -> list[str]:
 def texts_for(images: list[Path], text: str | None, texts_file: Path | None) -> list[str | None]:
     """Each image's text: ``text`` for all, or its row of ``texts_file`` (download's key conventions), else None."""
     if text is not None:
-        from pipeline_src.data.layouts import clean_text
-
         return [clean_text(text)[0]] * len(images)
     if texts_file is None:
         return [None] * len(images)
-    from pipeline_src.data.layouts import _lookup, clean_text, read_text_table
-
     if not texts_file.is_file():
         raise MedrefError(f"{texts_file}: --texts file not found")
     table = {k.lower(): t for k, t in read_text_table(texts_file)}
@@ -150,8 +155,6 @@ def eval_settings(model_dir: Path, regime: str | None, project=None,
 
 
 def input_spec(config: dict, model_dir: Path, project=None, project_source: str = "params.yaml") -> tuple[int, object]:
-    from pipeline_src.data.imageio import IntensityRule
-
     spec = config.get("input") or {}
     size = spec.get("image_size")
     if size is None:  # a model trained before config.json recorded its input
@@ -171,9 +174,6 @@ def input_spec(config: dict, model_dir: Path, project=None, project_source: str 
 
 def input_limits(config: dict, model_dir: Path):
     """The image size limits the training images were preprocessed with (config.json input), else the defaults."""
-    from pipeline_src.data.imageio import Limits
-    from pipeline_src.data.params import PreprocessParams
-
     spec, d = config.get("input") or {}, PreprocessParams()
     where = f"{model_dir}/{CONFIG} input" if "max_megapixels" in spec else "preprocess (defaults)"
     return Limits(int(spec.get("min_image_side", d.min_image_side)),
@@ -182,8 +182,6 @@ def input_limits(config: dict, model_dir: Path):
 
 def load_image(path: Path, rule, limits=None) -> np.ndarray:
     """uint8 [H, W] grey, as preprocess reads an image; one MedrefError naming the file otherwise."""
-    from pipeline_src.data.imageio import ANY_SIZE, read_grey
-
     try:
         return read_grey(path.read_bytes(), "image", rule, name=str(path), limits=limits or ANY_SIZE)
     except ValueError as e:
@@ -195,16 +193,12 @@ def load_image(path: Path, rule, limits=None) -> np.ndarray:
 
 def to_model_size(img: np.ndarray, size: int) -> np.ndarray:
     """Preprocess's resize (pipeline_src/data/preprocess.py ``load_pair``): bilinear to size x size, uint8."""
-    from PIL import Image
-
     if img.shape == (size, size):
         return img
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
@@ -220,8 +214,6 @@ def _overlay(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _back(mask: np.ndarray, prob: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Model-size mask (nearest) and probabilities (bilinear) resized back to the image's own size."""
-    from PIL import Image
-
     if mask.shape == hw:
         return mask, prob
     size = (hw[1], hw[0])
@@ -245,8 +237,6 @@ def _check_out(out_dir: Path, images: list[Path], texts_file: Path | None) -> No
 
 def _onnx_export(model_dir: Path, engine: str, device: str):
     """(model.onnx, sidecar) when ``engine`` (auto | torch | onnx) and the folder say to run the ONNX export."""
-    from pipeline_src.inference.onnx_engine import ENGINES, export_of, usable
-
     if engine not in ENGINES:
         raise MedrefError(f"--engine {engine}: known engines are {', '.join(ENGINES)}")
     if engine == "torch" or (engine == "auto" and device == "cuda"):
@@ -274,26 +264,80 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     From it come the eval section (when no metrics file applies), the region constants and the CPU thread count.
     """
     t0 = time.perf_counter()
+    _check_options(text, threshold, batch_size)
+    out_dir = Path(out_dir)
+    # an exported file (`medref export`): its sealed sidecar is checked before anything else is read
+    exported = Path(target) if Path(target).is_file() and Path(target).suffix in SUFFIXES else None
+    model_dir = exported if exported is not None else folder.resolve(target)
+    items = _items(images, out_dir, text, texts_file)
+    src = _source(model_dir, exported, threshold, project, project_source)
+    _start_engine(src, engine, device, project)
+    check_texts(items, src.predictor.uses_text, texts_file)
+    _say_which_model(src)
+    out = _Outputs(probs, overlay, {} if project is None else project.pseudolabel.model_dump(), t0)
+    with atomic_dir(out_dir) as tmp:
+        rows = _predict_all(tmp, items, src, out, batch_size or int(src.ep.get("batch_size", 32)), tta, progress)
+        _write_table(tmp / "predictions.csv", rows)
+        summary = _summary(src, tta, len(rows))
+        write_json(tmp / "predict.json", summary)
+    print(f"[predict] {len(rows)} masks -> {out_dir}/masks/ (threshold {src.ep['threshold']} from {src.ep_source}); "
+          f"first mask after {out.first_mask[0]:.2f} s, all after {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    return summary
+
+
+# ---- run's steps --------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Source:
+    """What predicts: the model (a folder or an exported file), the settings it is read and decided with, and the
+    engine that runs it (set by :func:`_start_engine`)."""
+
+    model_dir: Path
+    exported: Path | None
+    regime: str
+    ep: dict  # eval's decision keys: threshold, min_component_size, batch_size
+    ep_source: str
+    size: int
+    rule: object  # the training shards' IntensityRule
+    limits: object
+    predictor: object = None
+    device: str = "cpu"
+    numpy_io: bool = False  # the predictor takes and returns numpy arrays (onnxruntime), not torch tensors
+
+
+@dataclass
+class _Outputs:
+    """What is written beside each mask, and when the first one was."""
+
+    probs: bool
+    overlay: bool
+    region_params: dict
+    t0: float
+    first_mask: list[float] = field(default_factory=list)
+
+
+def _check_options(text: str | None, threshold: float | None, batch_size: int | None) -> None:
+    """The command line's own values, before any file is read."""
     if text is not None and not text.strip():
         raise MedrefError("--text is empty: give the report sentence that names where the lesion is")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise MedrefError(f"--threshold {threshold}: must be between 0 and 1 (exclusive)")
     if batch_size is not None and batch_size < 1:
         raise MedrefError(f"--batch-size {batch_size}: must be at least 1")
-    out_dir = Path(out_dir)
-    from pipeline_src.inference.exported import load_exported
-    from pipeline_src.inference.sidecar import SUFFIXES, sidecar_of
 
-    # an exported file (`medref export`): its sealed sidecar is checked before anything else is read
-    exported = Path(target) if Path(target).is_file() and Path(target).suffix in SUFFIXES else None
-    model_dir = exported if exported is not None else folder.resolve(target)
+
+def _items(images: list[str], out_dir: Path, text: str | None, texts_file: Path | None) -> list[Item]:
+    """The images with their ids and texts, after checking that --out may be replaced."""
     files = collect_images(images)
     ids = _ids(files)
     _check_out(out_dir, files, texts_file)
-    from pipeline_src.inference.outputs import refuse_dvc_output
-
     refuse_dvc_output(out_dir)
-    items = [Item(i, f, t) for i, f, t in zip(ids, files, texts_for(files, text, texts_file), strict=True)]
+    return [Item(i, f, t) for i, f, t in zip(ids, files, texts_for(files, text, texts_file), strict=True)]
+
+
+def _source(model_dir: Path, exported: Path | None, threshold: float | None, project, project_source: str) -> _Source:
+    """The model's config, its regime, eval's decision keys and the input spec, from the folder or the export."""
+    predictor = None
     if exported is not None:
         predictor = load_exported(exported)  # CPU: TorchScript or onnxruntime, as the export was checked
         config = predictor.config
@@ -306,110 +350,123 @@ def run(target: str, images: list[str], out_dir: Path, *, text: str | None = Non
     if threshold is not None:
         ep, ep_source = {**ep, "threshold": threshold}, "--threshold"
     size, rule = input_spec(config, model_dir, project, project_source)
-    limits = input_limits(config, model_dir)
+    return _Source(model_dir, exported, regime, ep, ep_source, size, rule, input_limits(config, model_dir),
+                   predictor=predictor)
 
-    from tqdm import tqdm
 
-    from pipeline_src.inference.postprocess import postprocess
-    from pipeline_src.labels.mask_regions import mask_to_regions
-    from pipeline_src.utils.io import atomic_dir, write_json
-
-    prm = project
-    onnx = None if exported is not None else _onnx_export(model_dir, engine, device)
+def _start_engine(src: _Source, engine: str, device: str, project) -> None:
+    """The predictor and its device: a folder's ONNX export on onnxruntime, an exported file as it was checked, or
+    the folder's weights on torch (cpu or cuda)."""
+    threads = project.base.cpu_threads if project is not None else None
+    onnx = None if src.exported is not None else _onnx_export(src.model_dir, engine, device)
     if onnx is not None:  # onnxruntime on CPU, no torch import (pipeline_src/inference/onnx_engine.py)
-        from pipeline_src.inference.onnx_engine import OnnxPredictor
-
-        dev = "cpu"
-        predictor = OnnxPredictor(model_dir, *onnx, threads=prm.base.cpu_threads if prm is not None else None)
-    elif exported is not None and predictor.numpy_io:  # an ONNX file on CLIP's BPE: onnxruntime, no torch import
-        dev = "cpu"
+        src.predictor, src.device, src.numpy_io = OnnxPredictor(src.model_dir, *onnx, threads=threads), "cpu", True
+    elif src.exported is not None and src.predictor.numpy_io:  # an ONNX file on CLIP's BPE: no torch import
+        src.device, src.numpy_io = "cpu", True
     else:
-        import torch  # the torch engine only: the onnx paths above run without it
-
         # eval's thread count (base.cpu_threads): on CPU the thread count can change the float bits, and an image
         # of the eval split must get eval's mask
-        dev = torch_device("cpu" if exported is not None else device,
-                           threads=prm.base.cpu_threads if prm is not None else None,
-                           unavailable="--device cuda: no CUDA device is available here; use --device cpu (or auto)")
-    numpy_io = onnx is not None or (exported is not None and predictor.numpy_io)
-    if exported is None and onnx is None:
-        from pipeline_src.inference.predictor import load_predictor
+        src.device = torch_device("cpu" if src.exported is not None else device, threads=threads,
+                                  unavailable="--device cuda: no CUDA device is available here; use --device cpu "
+                                              "(or auto)")
+        if src.exported is None:
+            from pipeline_src.inference.predictor import load_predictor  # imported here: it loads torch and timm
 
-        predictor = load_predictor(model_dir, device=dev, bf16=dev.startswith("cuda"))
-    check_texts(items, predictor.uses_text, texts_file)
-    if exported is None:
-        own = model_dir.resolve() == paths.model_dir(regime).resolve()  # the regime's own folder: eval's card applies
-        print(f"[predict] {card.where(model_dir, paths.eval_dir(regime) if own else None)}", file=sys.stderr)
+            src.predictor = load_predictor(src.model_dir, device=src.device, bf16=src.device.startswith("cuda"))
+
+
+def _say_which_model(src: _Source) -> None:
+    """Where the model came from, and its card when it is the regime's own folder (eval's card applies)."""
+    if src.exported is None:
+        own = src.model_dir.resolve() == paths.model_dir(src.regime).resolve()
+        print(f"[predict] {card.where(src.model_dir, paths.eval_dir(src.regime) if own else None)}", file=sys.stderr)
     else:
-        print(f"[predict] exported model {exported}, checked against {sidecar_of(exported)}", file=sys.stderr)
-    region_params = {} if project is None else project.pseudolabel.model_dump()
-    bs = batch_size or int(ep.get("batch_size", 32))
-    threshold, min_size = ep["threshold"], int(ep.get("min_component_size", 0))
+        print(f"[predict] exported model {src.exported}, checked against {sidecar_of(src.exported)}", file=sys.stderr)
+
+
+def _predict_all(tmp: Path, items: list[Item], src: _Source, out: _Outputs, bs: int, tta: str | None,
+                 progress: bool) -> list[dict]:
+    """Every batch through the model into ``tmp``; the predictions.csv rows, in the input order.
+
+    One helper thread reads the next batch and writes the last one while the network runs on this one (torch and
+    onnxruntime release the GIL): the files cost no wall time of their own."""
+    for sub in ("masks", *(["probs"] if out.probs else []), *(["overlays"] if out.overlay else [])):
+        (tmp / sub).mkdir()
+    threshold, min_size = src.ep["threshold"], int(src.ep.get("min_component_size", 0))
     batches = [items[i:i + bs] for i in range(0, len(items), bs)]
-    first_mask: list[float] = []
+    bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress, file=sys.stderr)
+    written = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(_read_batch, batches[0], src)
+        for k, batch in enumerate(batches):
+            originals, small = ahead.result()
+            if k + 1 < len(batches):
+                ahead = pool.submit(_read_batch, batches[k + 1], src)
+            p = _probabilities(src, small, [it.text or "" for it in batch], tta)
+            masks = postprocess(p, threshold, min_size)
+            written.append(pool.submit(_write_batch, tmp, batch, originals, small, p[:, 0], masks, src, out))
+            bar.update(len(batch))
+        rows = [r for f in written for r in f.result()]
+    bar.close()
+    return rows
 
-    def read(batch: list[Item]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        originals = [load_image(it.path, rule, limits) for it in batch]
-        return originals, [to_model_size(im, size) for im in originals]
 
-    def write(tmp: Path, batch: list[Item], originals, small, prob: np.ndarray, masks: np.ndarray) -> list[dict]:
-        out = []
-        for it, orig, sm, p, mask in zip(batch, originals, small, prob, masks, strict=True):
-            big, big_p = _back(mask, p, orig.shape)
-            (tmp / "masks" / f"mask_{it.id}.png").write_bytes(_png(big * np.uint8(255)))
-            if not first_mask:
-                first_mask.append(time.perf_counter() - t0)
-            if probs:
-                (tmp / "probs" / f"prob_{it.id}.png").write_bytes(_png(np.rint(big_p * 65535.0).astype(np.uint16)))
-            if overlay:
-                (tmp / "overlays" / f"{it.id}.png").write_bytes(_png(_overlay(orig, big)))
-            reg = mask_to_regions(mask, sm, **region_params)
-            conf = np.where(mask > 0, p, 1.0 - p)  # how sure each pixel's decision is
-            out.append({"id": it.id, "image": str(it.path), "text": it.text or "",
-                        "lesion_pixels": int(big.sum()), "lesion_fraction": round(float(big.mean()), 6),
-                        "regions": "" if reg is None else "".join(map(str, reg)),
-                        "mean_confidence": round(float(conf.mean()), 6), "model_sha256": predictor.sha256})
-        return out
+def _read_batch(batch: list[Item], src: _Source) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The images as read (their own size) and at the model's size."""
+    originals = [load_image(it.path, src.rule, src.limits) for it in batch]
+    return originals, [to_model_size(im, src.size) for im in originals]
 
-    from concurrent.futures import ThreadPoolExecutor
 
-    with atomic_dir(out_dir) as tmp:
-        for sub in ("masks", *(["probs"] if probs else []), *(["overlays"] if overlay else [])):
-            (tmp / sub).mkdir()
-        bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress, file=sys.stderr)
-        # One helper thread reads the next batch and writes the last one while the network runs on this one
-        # (torch releases the GIL): the files cost no wall time of their own. Results keep the input order.
-        written = []
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            ahead = pool.submit(read, batches[0])
-            for k, batch in enumerate(batches):
-                originals, small = ahead.result()
-                if k + 1 < len(batches):
-                    ahead = pool.submit(read, batches[k + 1])
-                x = np.stack(small).astype(np.float32)[:, None] * np.float32(1.0 / 255.0)
-                if numpy_io:
-                    p = predictor.predict(x, [it.text or "" for it in batch], tta=tta)
-                else:
-                    p = predictor.predict(torch.from_numpy(x), [it.text or "" for it in batch], tta=tta).float().numpy()
-                if p.shape[1] != 1:
-                    raise MedrefError(f"{model_dir}: a {p.shape[1]}-class model; `medref predict` writes binary "
-                                      "masks (multi-class volume models are scored by `medref eval`)")
-                masks = postprocess(p, threshold, min_size)
-                written.append(pool.submit(write, tmp, batch, originals, small, p[:, 0], masks))
-                bar.update(len(batch))
-            rows = [r for f in written for r in f.result()]
-        bar.close()
-        with open(tmp / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-        summary = {"model_dir": str(model_dir), "regime": regime, "method": predictor.method,
-                   "model_sha256": predictor.sha256, "threshold": ep["threshold"],
-                   "min_component_size": int(ep.get("min_component_size", 0)), "eval_params_from": ep_source,
-                   "image_size": size, "intensity": rule.mode, "tta": tta, "device": dev, "n": len(rows),
-                   "engine": "onnx" if numpy_io or (exported is not None and predictor.meta["format"] == "onnx")
-                   else "torch"}
-        write_json(tmp / "predict.json", summary)
-    print(f"[predict] {len(rows)} masks -> {out_dir}/masks/ (threshold {threshold} from {ep_source}); "
-          f"first mask after {first_mask[0]:.2f} s, all after {time.perf_counter() - t0:.2f} s", file=sys.stderr)
-    return summary
+def _probabilities(src: _Source, small: list[np.ndarray], texts: list[str], tta: str | None) -> np.ndarray:
+    """float32 [B, 1, H, W] foreground probabilities at the model's size; a multi-class model is refused."""
+    x = np.stack(small).astype(np.float32)[:, None] * np.float32(1.0 / 255.0)
+    if src.numpy_io:
+        p = src.predictor.predict(x, texts, tta=tta)
+    else:
+        import torch  # the torch engine only: the onnx paths run without it
+
+        p = src.predictor.predict(torch.from_numpy(x), texts, tta=tta).float().numpy()
+    if p.shape[1] != 1:
+        raise MedrefError(f"{src.model_dir}: a {p.shape[1]}-class model; `medref predict` writes binary "
+                          "masks (multi-class volume models are scored by `medref eval`)")
+    return p
+
+
+def _write_batch(tmp: Path, batch: list[Item], originals, small, prob: np.ndarray, masks: np.ndarray, src: _Source,
+                 out: _Outputs) -> list[dict]:
+    """Each image's mask (and probabilities, overlay) at its own size; its predictions.csv row."""
+    rows = []
+    for it, orig, sm, p, mask in zip(batch, originals, small, prob, masks, strict=True):
+        big, big_p = _back(mask, p, orig.shape)
+        (tmp / "masks" / f"mask_{it.id}.png").write_bytes(_png(big * np.uint8(255)))
+        if not out.first_mask:
+            out.first_mask.append(time.perf_counter() - out.t0)
+        if out.probs:
+            (tmp / "probs" / f"prob_{it.id}.png").write_bytes(_png(np.rint(big_p * 65535.0).astype(np.uint16)))
+        if out.overlay:
+            (tmp / "overlays" / f"{it.id}.png").write_bytes(_png(_overlay(orig, big)))
+        reg = mask_to_regions(mask, sm, **out.region_params)
+        conf = np.where(mask > 0, p, 1.0 - p)  # how sure each pixel's decision is
+        rows.append({"id": it.id, "image": str(it.path), "text": it.text or "",
+                     "lesion_pixels": int(big.sum()), "lesion_fraction": round(float(big.mean()), 6),
+                     "regions": "" if reg is None else "".join(map(str, reg)),
+                     "mean_confidence": round(float(conf.mean()), 6), "model_sha256": src.predictor.sha256})
+    return rows
+
+
+def _write_table(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _summary(src: _Source, tta: str | None, n: int) -> dict:
+    """predict.json: the model, its digest, eval's decision keys and where they came from, the input, the engine."""
+    pr = src.predictor
+    return {"model_dir": str(src.model_dir), "regime": src.regime, "method": pr.method,
+            "model_sha256": pr.sha256, "threshold": src.ep["threshold"],
+            "min_component_size": int(src.ep.get("min_component_size", 0)), "eval_params_from": src.ep_source,
+            "image_size": src.size, "intensity": src.rule.mode, "tta": tta, "device": src.device, "n": n,
+            "engine": "onnx" if src.numpy_io or (src.exported is not None and pr.meta["format"] == "onnx")
+            else "torch"}
