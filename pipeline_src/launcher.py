@@ -20,9 +20,11 @@ again. If the caller is interrupted (Ctrl-C, SIGTERM from DVC or Snakemake) the 
 cancelled, so no orphan is left in the queue.
 
 It sits in the top layer beside cli.py and verify.py (not in the train phase): the job re-loads the composed
-params (pipeline_src.params), which no phase may import. The train function is named by a string
-(``TRAIN_TARGET``, "module:function" or "file.py:function"), not passed as a callable, because the SLURM job
-imports it by that name in its own process; the launcher tests swap in a stand-in file that way.
+params (pipeline_src.params), which no phase may import. What it runs is injected: ``launch(..., trainer=)``
+takes a :class:`Trainer`, the train function plus the checks it makes on this host before a job is queued
+(``TRAIN``, train.run and its preflight, unless told otherwise). The function is held by its name
+("module:function" or "file.py:function"), because the SLURM job imports it by that name in its own process: no
+code of the caller is pickled. The launcher tests inject a stand-in file that way.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +58,6 @@ LAUNCHERS = ("local", "slurm")
 LAUNCHER_ENV = "MEDREF_LAUNCHER"
 CLUSTER_CONFIG_ENV = "MEDREF_CLUSTER_CONFIG"
 DEFAULT_CLUSTER_CONFIG = Path("workflow/profiles/slurm/cluster.yaml")
-# What both launchers call, as "module:function" or "/path/to/file.py:function". A string
-# (not the function) so the SLURM job imports it itself; tests point it at a stand-in.
-TRAIN_TARGET = REAL_TRAIN_TARGET = "pipeline_src.train.train:run"
 POLL_S = 0.5
 
 
@@ -192,6 +193,32 @@ def _call_train(target: str, params, regime: str, paths: dict[str, Path], resume
     return run(params, regime, resume=resume, **paths)
 
 
+@dataclass(frozen=True)
+class Trainer:
+    """What the launchers run: ``target``, the train function by name ("module:function" or
+    "/path/file.py:function"; a SLURM job imports it in its own process), and ``preflight``, the checks it makes
+    on this host before a job is queued (None: a stand-in with no requirements of its own)."""
+
+    target: str
+    preflight: Callable[..., Any] | None = None
+
+    def __call__(self, params, regime: str, paths: dict[str, Path], resume: bool):
+        return _call_train(self.target, params, regime, paths, resume)
+
+
+def _train_preflight(params, regime: str, *, paths: dict[str, Path], params_file: Path | None) -> None:
+    """train.run's own requirements, checked where the command was typed (train.run repeats them: cheap)."""
+    from pipeline_src.train.preflight import preflight  # imported here: the train phase loads torch
+
+    preflight(params, regime, shards_dir=paths["shards_dir"], labels_file=paths["labels_file"],
+              split_file=paths["split_file"], params_file=params_file, out_dir=paths["out_dir"],
+              run_dir=paths["run_dir"])
+
+
+# What `medref train` runs. The CLI takes this default; a caller (the launcher tests) injects another Trainer.
+TRAIN = Trainer("pipeline_src.train.train:run", preflight=_train_preflight)
+
+
 def _file_digest(path: Path) -> str:
     return sha256_file(path)
 
@@ -212,7 +239,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         paths: dict[str, str],
         resume: bool,
         cwd: str,
-        target: str = TRAIN_TARGET,
+        target: str = TRAIN.target,
     ) -> None:
         self.kwargs = dict(
             regime=regime,
@@ -261,17 +288,12 @@ def launch(
     launcher: str | None = None,
     resume: bool = True,
     params_file: Path | None = None,
+    trainer: Trainer | None = None,
 ):
-    """Train ``regime`` in-process or on SLURM; returns what ``train.run`` returns."""
+    """Train ``regime`` with ``trainer`` (default :data:`TRAIN`: train.run) in-process or on SLURM; returns what it
+    returns."""
+    trainer = trainer or TRAIN
     params.regime(regime)  # unknown regime -> one clear error before anything is submitted
-    # Every check train.run can fail, on this host, BEFORE a SLURM job is queued (train.run repeats it: cheap).
-    # The checks are train.run's own requirements: a stand-in target (the launcher tests) or stand-in params
-    # object has none of them.
-    if isinstance(params, params_mod.Params) and TRAIN_TARGET == REAL_TRAIN_TARGET:
-        from pipeline_src.train.preflight import preflight
-
-        preflight(params, regime, shards_dir=Path(shards_dir), labels_file=Path(labels_file),
-                  split_file=Path(split_file), params_file=params_file, out_dir=Path(out_dir), run_dir=Path(run_dir))
     paths = dict(
         shards_dir=Path(shards_dir),
         labels_file=Path(labels_file),
@@ -279,13 +301,17 @@ def launch(
         out_dir=Path(out_dir),
         run_dir=Path(run_dir),
     )
+    # Every check train.run can fail, on this host, BEFORE a SLURM job is queued. A stand-in params object (the
+    # launcher tests) has none of train's requirements.
+    if trainer.preflight is not None and isinstance(params, params_mod.Params):
+        trainer.preflight(params, regime, paths=paths, params_file=params_file)
     which = resolve_launcher(launcher)
     if which == "local" or os.environ.get("SLURM_JOB_ID"):
         # Inside an allocation we already hold the resources: never submit again.
-        return _call_train(TRAIN_TARGET, params, regime, paths, resume)
+        return trainer(params, regime, paths, resume)
     if params_file is None:
         raise MedrefError("launcher slurm: params_file is required (the job re-loads params from it)")
-    return SlurmLauncher(load_cluster_config().slurm).run(regime, Path(params_file), paths, resume)
+    return SlurmLauncher(load_cluster_config().slurm).run(regime, Path(params_file), paths, resume, trainer=trainer)
 
 
 class _Interrupted(BaseException):
@@ -303,7 +329,8 @@ class SlurmLauncher:
         self.settings = settings
         self.console = console or Console(stderr=True, highlight=False)
 
-    def submit(self, regime: str, params_file: Path, paths: dict[str, Path], resume: bool, target: str | None = None):
+    def submit(self, regime: str, params_file: Path, paths: dict[str, Path], resume: bool,
+               trainer: Trainer | None = None):
         if not params_file.exists():
             raise MedrefError(f"{params_file}: params file not found")
         run_dir = paths["run_dir"].resolve()
@@ -317,7 +344,7 @@ class SlurmLauncher:
             paths={k: str(v.resolve()) for k, v in paths.items()},
             resume=resume,
             cwd=str(Path.cwd()),
-            target=target or TRAIN_TARGET,
+            target=(trainer or TRAIN).target,
         )
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=self.settings.max_num_timeout)
         ex.update_parameters(**job_parameters(self.settings, regime))
@@ -328,7 +355,8 @@ class SlurmLauncher:
         write_json(folder / "job.json", {"job_id": job.job_id, "regime": regime, "submitted": time.time()})
         return job
 
-    def run(self, regime: str, params_file: Path, paths: dict[str, Path], resume: bool, target: str | None = None):
+    def run(self, regime: str, params_file: Path, paths: dict[str, Path], resume: bool,
+            trainer: Trainer | None = None):
         job = None
         handled = (signal.SIGTERM, signal.SIGHUP)
         previous: dict[int, Any] = {}
@@ -340,7 +368,7 @@ class SlurmLauncher:
             for s in handled:
                 previous[s] = signal.signal(s, on_signal)
         try:
-            job = self.submit(regime, params_file, paths, resume, target)
+            job = self.submit(regime, params_file, paths, resume, trainer)
             self.console.print(
                 f"[medref] submitted SLURM job {job.job_id} ({regime}); log: {job.paths.stdout}", markup=False
             )

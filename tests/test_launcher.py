@@ -219,3 +219,25 @@ def test_resolve_target_from_file(tmp_path):
     assert launcher.resolve_target("os.path:join")("a", "b") == "a/b"
     with pytest.raises(MedrefError):
         launcher.resolve_target("nocolon")
+
+
+def test_an_injected_trainer_runs_after_its_own_preflight(clean_env, tmp_path):
+    from pipeline_src import params as params_mod
+
+    f = tmp_path / "stand_in.py"
+    f.write_text("def run(params, regime, *, resume, **paths):\n    return ('ran', regime, resume, sorted(paths))\n")
+    seen: list = []
+    trainer = launcher.Trainer(f"{f}:run", preflight=lambda params, regime, **kw: seen.append((regime, sorted(kw))))
+    real = params_mod.load(Path(__file__).resolve().parents[1] / "params.yaml")
+    got = launcher.launch(real, "qata_10pct", shards_dir=Path("s"), labels_file=Path("l"), split_file=Path("sp"),
+                          out_dir=Path("o"), run_dir=Path("rd"), launcher="local", trainer=trainer)
+    assert got == ("ran", "qata_10pct", True, ["labels_file", "out_dir", "run_dir", "shards_dir", "split_file"])
+    assert seen == [("qata_10pct", ["params_file", "paths"])]
+    # a stand-in params object has none of train's requirements: no preflight for it
+    assert _launch(trainer=trainer, resume=False)[:3] == ("ran", "r", False) and len(seen) == 1
+
+
+def test_the_default_trainer_is_train_run_with_its_preflight():
+    assert launcher.TRAIN.target == "pipeline_src.train.train:run"
+    assert launcher.resolve_target(launcher.TRAIN.target).__module__ == "pipeline_src.train.train"
+    assert launcher.TRAIN.preflight is launcher._train_preflight

@@ -99,7 +99,7 @@ def slurm_cluster():
 def stub(monkeypatch):
     from pipeline_src import launcher
 
-    monkeypatch.setattr(launcher, "TRAIN_TARGET", STUB_TARGET)
+    monkeypatch.setattr(launcher, "TRAIN", launcher.Trainer(STUB_TARGET))  # the CLI's default, as _CLI sets it
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("MEDREF_STUB_FAIL", raising=False)
     monkeypatch.setenv("MEDREF_STUB_STEPS", "20")
@@ -182,7 +182,7 @@ import signal
 import sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from pipeline_src import launcher
-launcher.TRAIN_TARGET = {target!r}
+launcher.TRAIN = launcher.Trainer({target!r})
 from pipeline_src import cli
 sys.exit(cli.main(sys.argv[1:]))
 """
