@@ -308,7 +308,23 @@ def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_fil
                                        unavailable="train.device: cuda requested but no CUDA device is available"))
     seed = params.base.seed + params.regime(regime).seed  # a study's seed axis: base.seed + 0, 1, 2, ...
     seed_everything(seed, device)
+    lab, unl, val = _load_data(regime, plan, cfg, shards_dir, labels_file)
+    Method = METHODS[plan.method]
+    steps = _step_plan(cfg, Method, lab, unl)
+    sched = make_schedules(cfg, steps["total"], steps["steps_per_epoch"])
+    method, opt, tok, autocast = _build(cfg, Method, sched, device)
+    state = RunState(regime=regime, method_name=plan.method, cfg=cfg, seed=seed, device=device, autocast=autocast,
+                     lab=lab, unl=unl, val=val, **steps, sched=sched, method=method, opt=opt, tok=tok,
+                     fingerprint=_fingerprint(cfg, plan, seed, lab, unl),
+                     paths={"shards_dir": shards_dir, "labels_file": labels_file, "split_file": split_file,
+                            "run_dir": run_dir}, step=0, history=[], acc={})
+    if resume:
+        _resume(state)
+    return state
 
+
+def _load_data(regime: str, plan, cfg, shards_dir: Path, labels_file: Path) -> tuple[Split, Split | None, Split | None]:
+    """The labelled and unlabelled train images of the split, and the val images for the learning curve."""
     labels = read_labels(labels_file)
     lab = load_split(shards_dir, "train", plan.split["labelled"], labels)
     unl = load_split(shards_dir, "train", plan.split["unlabelled"], labels) if plan.split["unlabelled"] else None
@@ -318,18 +334,26 @@ def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_fil
         n_all = len(lab) + (len(unl) if unl is not None else 0)
         print(f"[train] {regime}: {n_unknown} of {n_all} training texts name no lung position (regions unknown: "
               "they get no ITCL positives and no T-PatchMix partner)", flush=True)
-    Method = METHODS[plan.method]
+    return lab, unl, val
+
+
+def _step_plan(cfg, Method, lab: Split, unl: Split | None) -> dict:
+    """Batch sizes and the step counts (RunState's keys): one epoch = one pass over the whole training set
+    (labelled + unlabelled) at the labelled batch size, so every regime and method of a dataset trains the same
+    number of steps."""
     use_unl = Method.needs_unlabelled and unl is not None and len(unl) > 0
-    bs_l = min(cfg.batch_size, len(lab))  # 1 % of a small set can hold fewer images than one batch
-    bs_u = min(cfg.unlabelled_batch_size, len(unl)) if use_unl else 0
-    # One epoch = one pass over the whole training set (labelled + unlabelled) at the labelled batch size,
-    # so every regime and method of a dataset trains the same number of steps.
     n_train = len(lab) + (len(unl) if unl is not None else 0)
     steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
-    stop = min(total, cfg.max_steps) if cfg.max_steps else total
-    sched = make_schedules(cfg, total, steps_per_epoch)
+    return {"use_unl": use_unl,
+            "bs_l": min(cfg.batch_size, len(lab)),  # 1 % of a small set can hold fewer images than one batch
+            "bs_u": min(cfg.unlabelled_batch_size, len(unl)) if use_unl else 0,
+            "steps_per_epoch": steps_per_epoch, "total": total,
+            "stop": min(total, cfg.max_steps) if cfg.max_steps else total}
 
+
+def _build(cfg, Method, sched: Schedules, device: torch.device):
+    """The model on its device, the tokenizer, the autocast context, the method around them and its optimiser."""
     model = build_model(cfg.model).to(device)
     tok = build_tokenizer(cfg.model.context_length, cfg.model.text_weights)
     autocast = contextlib.nullcontext
@@ -345,28 +369,31 @@ def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_fil
                             foreach=True)  # CPU defaults to the per-tensor loop, ~5x slower here
     if cfg.compile and device.type == "cuda":
         method.student.compile()  # in place: state_dict keys stay unprefixed for checkpoints
+    return method, opt, tok, autocast
 
-    fingerprint = sha256_json({
+
+def _fingerprint(cfg, plan, seed: int, lab: Split, unl: Split | None) -> str:
+    """What a checkpoint must match to be resumed: every result key of the config, the weights, method, seed and
+    split."""
+    return sha256_json({
         "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_RESULT_KEYS},
         # other weights behind the same path: no resume from the old run (key absent without weights files)
         **({"weights": w} if (w := weights_digests(cfg.model)) else {}),
         "method": plan.method, "seed": seed, "split": plan.split.get("digest"),
         "labelled": len(lab), "unlabelled": len(unl) if unl is not None else 0,
     })
-    state = RunState(regime=regime, method_name=plan.method, cfg=cfg, seed=seed, device=device, autocast=autocast,
-                     lab=lab, unl=unl, val=val, use_unl=use_unl, bs_l=bs_l, bs_u=bs_u,
-                     steps_per_epoch=steps_per_epoch, total=total, stop=stop, sched=sched, method=method, opt=opt,
-                     tok=tok, fingerprint=fingerprint,
-                     paths={"shards_dir": shards_dir, "labels_file": labels_file, "split_file": split_file,
-                            "run_dir": run_dir}, step=0, history=[], acc={})
-    ckpt = ckpt_io.load_checkpoint(run_dir, fingerprint) if resume else None
+
+
+def _resume(s: RunState) -> None:
+    """Continue from the run folder's checkpoint when one of this fingerprint is there."""
+    run_dir = s.paths["run_dir"]
+    ckpt = ckpt_io.load_checkpoint(run_dir, s.fingerprint)
     if ckpt is not None:
-        method.modules.load_state_dict(ckpt["modules"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state.step, state.history, state.acc = ckpt["step"], ckpt["history"], ckpt["acc"]
+        s.method.modules.load_state_dict(ckpt["modules"])
+        s.opt.load_state_dict(ckpt["optimizer"])
+        s.step, s.history, s.acc = ckpt["step"], ckpt["history"], ckpt["acc"]
         ckpt_io.set_rng_state(ckpt["rng"])
-        print(f"[train] {regime}: resumed from {run_dir / ckpt_io.CHECKPOINT} at step {state.step}/{stop}")
-    return state
+        print(f"[train] {s.regime}: resumed from {run_dir / ckpt_io.CHECKPOINT} at step {s.step}/{s.stop}")
 
 
 def save_checkpoint(s: RunState) -> None:
