@@ -256,13 +256,13 @@ def run(
     """Evaluate ``models/<regime>`` and write ``metrics/<regime>.json`` and ``eval/<regime>/``."""
 
     from pipeline_src.data.dataset import ShardDataset
-    from pipeline_src.data.shards import eval_split, load_manifest
+    from pipeline_src.data.shards import eval_split
 
     model_dir, shards_dir, labels_file = Path(model_dir), Path(shards_dir), Path(labels_file)
-    ModelFolder(model_dir).require_weights(regime)
-    _require_trained_on(model_dir, shards_dir, regime)
+    model = ModelFolder(model_dir)
+    model.require_weights(regime)
+    manifest = _shards_trained_on(model, shards_dir, regime)
     params.regime(regime)  # an unknown run: one clear error before the model loads
-    ep = params.eval
     device = torch_device("auto", threads=params.base.cpu_threads)
     split = eval_split(shards_dir)
     regions = read_regions(labels_file)
@@ -270,10 +270,10 @@ def run(
     dataset = ShardDataset(shards_dir, split)
     if len(dataset) == 0:
         raise MedrefError(f"{shards_dir}: the {split!r} split has no rows; nothing to evaluate")
-    task = from_manifest(load_manifest(shards_dir))
-    summary, write_outputs = EVALUATORS[task.name](predictor, dataset, ep, regime=regime, split=split,
-                                                   shards_dir=shards_dir, regions=regions)
-    metrics = _metrics_file(params, regime, split, summary, model_dir, shards_dir, labels_file, device)
+    summary, write_outputs = EVALUATORS[from_manifest(manifest).name](predictor, dataset, params.eval, regime=regime,
+                                                                      split=split, shards_dir=shards_dir,
+                                                                      regions=regions)
+    metrics = _metrics_file(params, regime, split, summary, model, shards_dir, labels_file, device)
     with atomic_dir(out_dir) as tmp:
         write_outputs(tmp)
         _write_card(tmp, model_dir, metrics)
@@ -344,7 +344,7 @@ EVALUATORS: dict[str, Callable[..., tuple[dict, Callable[[Path], None]]]] = {
     BINARY: _score_images, CLASS_INDEX: _score_cases}
 
 
-def _metrics_file(params, regime: str, split: str, summary: dict, model_dir: Path, shards_dir: Path,
+def _metrics_file(params, regime: str, split: str, summary: dict, model: ModelFolder, shards_dir: Path,
                   labels_file: Path, device: str) -> dict:
     """metrics/<regime>.json: the run, the scores (binary or multi-class ``summary``), the eval params and the
     provenance, in that order for both kinds."""
@@ -353,7 +353,7 @@ def _metrics_file(params, regime: str, split: str, summary: dict, model_dir: Pat
         "regime": regime, "dataset": r.dataset, "method": r.method, "fraction": r.fraction, "eval_split": split,
         **summary,
         "eval_params": params.eval.model_dump(mode="json"),
-        "provenance": _provenance(params, regime, model_dir, shards_dir, labels_file, device),
+        "provenance": _provenance(params, regime, model, shards_dir, labels_file, device),
     }
 
 
@@ -364,19 +364,22 @@ def _write_card(out: Path, model_dir: Path, metrics: dict) -> None:
         (out / CARD).write_text(text)
 
 
-def _require_trained_on(model_dir: Path, shards_dir: Path, regime: str) -> None:
-    """Refuse to score a model on shards other than the ones it was trained from (e.g. shards rebuilt at another
-    image size since): its provenance records the shards digest, the manifest holds the current one."""
+def _shards_trained_on(model: ModelFolder, shards_dir: Path, regime: str) -> dict:
+    """The shards' manifest, after refusing to score a model on shards other than the ones it was trained from
+    (e.g. shards rebuilt at another image size since): its provenance records the shards digest, the manifest
+    holds the current one."""
     from pipeline_src.data.shards import load_manifest
 
     # a model folder from elsewhere, without provenance, records nothing: the predictor's own checks still apply
-    trained_on = ModelFolder(model_dir).trained_on_shards()
-    now = load_manifest(shards_dir).get("digest")
+    trained_on = model.trained_on_shards()
+    manifest = load_manifest(shards_dir)
+    now = manifest.get("digest")
     if trained_on is not None and now is not None and trained_on != now:
         raise MedrefError(
-            f"{model_dir}: trained on shards {trained_on[:12]}, but {shards_dir} now holds {now[:12]} (rebuilt since, "
+            f"{model.path}: trained on shards {trained_on[:12]}, but {shards_dir} now holds {now[:12]} (rebuilt since, "
             f"e.g. with another preprocess.image_size); re-train (`medref train {regime}` / `dvc repro train@{regime}`) "
             "or restore the shards it was trained on")
+    return manifest
 
 
 def _write_overlays(out: Path, dataset, per_sample, packed, shape, k: int, regime: str) -> None:
@@ -425,9 +428,8 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
                 np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
 
 
-def _provenance(params, regime: str, model_dir: Path, shards_dir: Path, labels_file: Path, device: str) -> dict:
-    folder = ModelFolder(model_dir)
-    trained = folder.train_record()  # what trained the model: its commit, params, data, weights
+def _provenance(params, regime: str, model: ModelFolder, shards_dir: Path, labels_file: Path, device: str) -> dict:
+    trained = model.train_record()  # what trained the model: its commit, params, data, weights
     return provenance.stage_block(params, ["base", "eval", f"regimes.{regime}"],
-                                  {"model": folder.model_file, "shards": shards_dir, "labels": labels_file},
+                                  {"model": model.model_file, "shards": shards_dir, "labels": labels_file},
                                   device=device, extra={"train": trained} if trained is not None else None)
