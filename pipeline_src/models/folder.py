@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pipeline_src import paths
 from pipeline_src.errors import MedrefError
-from pipeline_src.utils.io import atomic_dir, atomic_file, sha256_file, write_json
+from pipeline_src.utils.io import atomic_dir, save_torch, sha256_file, write_json
 
 MODEL, CONFIG, PROVENANCE, CARD, LIVE = "model.pt", "config.json", "provenance.json", "MODEL.md", "live"
 EXPORT = "model.onnx"  # `medref predict` uses it (onnxruntime) when its sidecar says it was made from this model.pt
@@ -38,12 +38,9 @@ def write(out_dir: Path, *, state_dict: dict, model_config: dict, method: str, r
           provenance: dict, card: Callable[[str], str], live: Callable[[Path], None]) -> str:
     """models/<run>/ written atomically; returns model.pt's sha256. ``provenance`` gains ``model_sha256`` (loading
     checks it); ``card(sha256)`` is the card's text; ``live(folder)`` writes the DVCLive log into ``folder``."""
-    import torch  # only the writer needs it (train has it loaded already)
-
     with atomic_dir(out_dir) as tmp:
-        with atomic_file(tmp / MODEL, "wb") as f:
-            torch.save({"state_dict": state_dict, "model_config": model_config, "method": method, "regime": regime},
-                       f)
+        save_torch({"state_dict": state_dict, "model_config": model_config, "method": method, "regime": regime},
+                   tmp / MODEL)
         write_json(tmp / CONFIG, config)
         digest = sha256_file(tmp / MODEL)
         write_json(tmp / PROVENANCE, {"model_sha256": digest, **provenance})

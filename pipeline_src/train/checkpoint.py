@@ -17,14 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline_src.utils.io import atomic_file
+from pipeline_src.utils.io import save_torch  # noqa: F401 - the checkpoint's writer, ckpt_io.save_torch in train
 
 CHECKPOINT = "last.pt"
-
-
-def save_torch(obj, path: Path) -> None:
-    with atomic_file(path, "wb") as f:
-        torch.save(obj, f)
 
 
 def rng_state() -> dict:

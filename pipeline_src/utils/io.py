@@ -321,6 +321,14 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_file`: the checkpoint and the exported model.pt are written this one way."""
+    import torch  # imported here: the base layer loads no torch at import, and only train's writers call this
+
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     try:
         text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
