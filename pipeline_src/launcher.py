@@ -47,6 +47,7 @@ from pydantic import Field, ValidationError
 from pipeline_src import numerics
 from pipeline_src import params as params_mod
 from pipeline_src.errors import MedrefError
+from pipeline_src.train.preflight import preflight
 from pipeline_src.utils.io import sha256_file, write_json
 from pipeline_src.utils.schema import Strict, validation_message
 
@@ -268,8 +269,6 @@ def launch(
     # The checks are train.run's own requirements: a stand-in target (the launcher tests) or stand-in params
     # object has none of them.
     if isinstance(params, params_mod.Params) and TRAIN_TARGET == REAL_TRAIN_TARGET:
-        from pipeline_src.train.preflight import preflight
-
         preflight(params, regime, shards_dir=Path(shards_dir), labels_file=Path(labels_file),
                   split_file=Path(split_file), params_file=params_file, out_dir=Path(out_dir), run_dir=Path(run_dir))
     paths = dict(
