@@ -30,7 +30,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline_src import paths
+from pipeline_src import numerics, paths
+from pipeline_src.errors import MedrefError
 
 DEFAULT_PARAMS = "params.yaml"
 # Arguments that name files or folders: made absolute before medref moves to the repository root.
@@ -43,7 +44,7 @@ def _params_file(args: argparse.Namespace) -> Path:
 
 
 def _params(args: argparse.Namespace):
-    from pipeline_src import numerics, params
+    from pipeline_src import params
 
     p = params.load(_params_file(args))
     numerics.require(p.base.cpu_numerics)  # the mode it will record is the one its kernels run (numerics.py)
@@ -389,8 +390,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline_src.errors import MedrefError
-
     args = build_parser().parse_args(argv)
     here = os.getcwd()
     try:
@@ -398,8 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "params", None):
             # pipeline_src's import read the mode from the repository's params.yaml; --params names another file,
             # and torch is not imported yet (handlers import it), so its mode can still take effect
-            from pipeline_src import numerics
-
             numerics.configure(*numerics.resolve(Path(args.params)))
         args.fn(args)
     except MedrefError as e:

@@ -51,6 +51,7 @@ from pydantic import Field, ValidationError
 from pipeline_src import numerics
 from pipeline_src import params as params_mod
 from pipeline_src.errors import MedrefError
+from pipeline_src.train.preflight import preflight
 from pipeline_src.utils.io import sha256_file, write_json
 from pipeline_src.utils.schema import Strict, validation_message
 
@@ -208,8 +209,6 @@ class Trainer:
 
 def _train_preflight(params, regime: str, *, paths: dict[str, Path], params_file: Path | None) -> None:
     """train.run's own requirements, checked where the command was typed (train.run repeats them: cheap)."""
-    from pipeline_src.train.preflight import preflight  # imported here: the train phase loads torch
-
     preflight(params, regime, shards_dir=paths["shards_dir"], labels_file=paths["labels_file"],
               split_file=paths["split_file"], params_file=params_file, out_dir=paths["out_dir"],
               run_dir=paths["run_dir"])

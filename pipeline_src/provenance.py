@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pipeline_src import numerics
 from pipeline_src.utils.io import sha256_file, sha256_json, sha256_tree
 
 VERSIONED = ("torch", "timm", "open_clip_torch", "pyarrow", "numpy", "monai", "pipeline_src")
@@ -78,8 +79,6 @@ def cpu_record() -> dict[str, Any]:
     """What a CPU float result records about the machine's numerics: the CPU kind and the numerics in force (mode,
     ISA caps, threads; pipeline_src/numerics.py). A portable result is bit-identical on any x86-64 CPU; a native
     one only on the same CPU kind (``medref verify`` picks its comparison from this)."""
-    from pipeline_src import numerics
-
     return {"cpu": cpu_model(), "numerics": numerics.in_force()}
 
 

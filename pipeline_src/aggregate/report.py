@@ -38,6 +38,7 @@ from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate import plots
 from pipeline_src.evaluate.metric_specs import lookup, specs
 from pipeline_src.evaluate.metrics import REGIONS
+from pipeline_src.evaluate.multiclass import format_table
 from pipeline_src.models.folder import LIVE, ModelFolder
 from pipeline_src.utils.io import atomic_dir
 
@@ -268,8 +269,6 @@ def markdown(ours: list[dict], pub: list[dict], metrics: list[dict], overlays: d
     if curves:
         w(_curves_section(curves))
     for m in sorted((m for m in metrics if m.get("per_class")), key=lambda m: m["regime"]):
-        from pipeline_src.evaluate.multiclass import format_table
-
         w(f"## Per-class Dice (%) and HD95 (mm), {m['regime']} ({m['dataset']}, {m.get('eval_split')}: "
           f"{m.get('n_cases')} cases, 3-D per case)\n\n" + format_table(m) + "\n")
     regions = _region_table(metrics)

@@ -24,10 +24,14 @@ from typing import Any
 import numpy as np
 
 from pipeline_src import provenance
+from pipeline_src.data.dataset import ShardDataset
+from pipeline_src.data.shards import eval_split, load_manifest
 from pipeline_src.errors import MedrefError
 from pipeline_src.evaluate import metrics as M
 from pipeline_src.evaluate import plots
+from pipeline_src.evaluate.multiclass import CASE_COLUMNS, VolumeAccumulator, format_table
 from pipeline_src.labels.table import read_labels
+from pipeline_src.labels.text_parser import flip_text
 from pipeline_src.models import card
 from pipeline_src.models.alignment import alignment_score
 from pipeline_src.models.folder import CARD, ModelFolder
@@ -112,6 +116,7 @@ def evaluate_predictor(
     if want_embed and img_embs:
         summary["alignment"] = alignment_score(np.concatenate(img_embs), np.concatenate(txt_embs), acc.texts, reg)
     if pooled:
+        # imported here: torch's import cost (models.dispersive imports torch; this module's top does not)
         from pipeline_src.models.dispersive import feature_dispersion
 
         z = torch.cat(pooled)
@@ -137,9 +142,6 @@ def evaluate_volumes(predictor: Any, dataset: Any, shards_dir: Path, batch_size:
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
-
-    from pipeline_src.data.shards import load_manifest
-    from pipeline_src.evaluate.multiclass import CASE_COLUMNS, VolumeAccumulator
 
     labels = load_manifest(shards_dir)["labels"]
     acc = VolumeAccumulator(labels)
@@ -198,8 +200,6 @@ def text_reliance(predictor: Any, dataset: Any, texts: Sequence[str], true_dice:
     """Dice with every image's text replaced by another image's (``derangement``) and with left/right swapped in
     each text (``flip_text``), beside the true-text Dice; ``drop_*`` = true minus perturbed. A model that reads the
     report loses Dice under both; an image-only model has nothing to lose (null, with the reason)."""
-    from pipeline_src.labels.text_parser import flip_text
-
     keys = ("true_dice", "shuffled_dice", "swapped_dice", "drop_shuffled", "drop_swapped")
     if not getattr(getattr(predictor, "net", None), "uses_text", True):
         return {**dict.fromkeys(keys), "reason": "image-only model: it reads no text"}
@@ -254,9 +254,6 @@ def run(
     params, regime: str, model_dir: Path, shards_dir: Path, labels_file: Path, metrics_file: Path, out_dir: Path
 ) -> dict:
     """Evaluate ``models/<regime>`` and write ``metrics/<regime>.json`` and ``eval/<regime>/``."""
-
-    from pipeline_src.data.dataset import ShardDataset
-    from pipeline_src.data.shards import eval_split
 
     model_dir, shards_dir, labels_file = Path(model_dir), Path(shards_dir), Path(labels_file)
     model = ModelFolder(model_dir)
@@ -328,8 +325,6 @@ def _score_images(predictor, dataset, ep, *, regime: str, split: str, shards_dir
 def _score_cases(predictor, dataset, ep, *, regime: str, split: str, shards_dir: Path, regions) -> tuple[dict, Any]:
     """Multi-class volumes: per-case 3-D metrics per class; the writer of per_sample.csv (one row per case and
     class) and per_class.md."""
-    from pipeline_src.evaluate.multiclass import format_table
-
     summary, per_case = evaluate_volumes(predictor, dataset, shards_dir, ep.batch_size, desc=f"eval {regime}")
 
     def write(tmp: Path) -> None:
@@ -368,8 +363,6 @@ def _shards_trained_on(model: ModelFolder, shards_dir: Path, regime: str) -> dic
     """The shards' manifest, after refusing to score a model on shards other than the ones it was trained from
     (e.g. shards rebuilt at another image size since): its provenance records the shards digest, the manifest
     holds the current one."""
-    from pipeline_src.data.shards import load_manifest
-
     # a model folder from elsewhere, without provenance, records nothing: the predictor's own checks still apply
     trained_on = model.trained_on_shards()
     manifest = load_manifest(shards_dir)

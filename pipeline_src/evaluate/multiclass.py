@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from pipeline_src.data.volumes import restack
 from pipeline_src.errors import MedrefError
 from pipeline_src.models.metrics import class_dice_from_counts
 
@@ -236,8 +237,6 @@ class VolumeAccumulator:
             self._gt.append(gt[i])
 
     def volumes(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, tuple[float, float, float]]]:
-        from pipeline_src.data.volumes import restack
-
         preds = restack(self._case, self._k, np.stack(self._pred) if self._pred else np.zeros((0, 0, 0), np.uint8))
         gts = restack(self._case, self._k, np.stack(self._gt) if self._gt else np.zeros((0, 0, 0), np.uint8))
         return preds, gts, dict(self._spacing)

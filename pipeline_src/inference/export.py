@@ -25,7 +25,11 @@ import warnings
 from pathlib import Path
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.inference.outputs import refuse_dvc_output
+from pipeline_src.inference.predict import eval_settings, input_spec
+from pipeline_src.inference.sidecar import seal, sidecar_of
 from pipeline_src.models import folder
+from pipeline_src.utils.io import atomic_file, sha256_bytes, write_json
 
 OPSET = 17
 
@@ -33,6 +37,7 @@ OPSET = 17
 def _wrapper(net, uses_text: bool):
     import torch
 
+    # imported here: torch's import cost (the predictor imports torch; this module's top does not)
     from pipeline_src.inference.predictor import probabilities
 
     class Probs(torch.nn.Module):
@@ -95,11 +100,8 @@ def run(target: str, fmt: str, out: Path, project=None, project_source: str = "p
     ``project``, ``project_source``: the project's params, as for ``predict.run``."""
     import torch
 
-    from pipeline_src.inference.outputs import refuse_dvc_output
-    from pipeline_src.inference.predict import eval_settings, input_spec
+    # imported here: torch's import cost (the predictor imports torch; this module's top does not)
     from pipeline_src.inference.predictor import load_predictor
-    from pipeline_src.inference.sidecar import seal, sidecar_of
-    from pipeline_src.utils.io import atomic_file, sha256_bytes, write_json
 
     if fmt not in ("torchscript", "onnx"):
         raise MedrefError(f"--format {fmt}: known formats are torchscript and onnx")

@@ -14,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.inference.onnx_engine import OnnxPredictor
 from pipeline_src.inference.sidecar import read_sidecar
+from pipeline_src.labels.text_parser import flip_text
 
 
 class ExportedModel:
@@ -40,6 +42,7 @@ class ExportedModel:
         self.numpy_io = meta["format"] == "onnx" and (not self.text or clip)
         self._tok = None
         if self.text and not self.numpy_io:
+            # imported here: torch's and timm's import cost (models.text imports both; the ONNX path needs neither)
             from pipeline_src.models.text import build_tokenizer, defines_architecture
 
             w = self.text.get("weights")
@@ -49,8 +52,6 @@ class ExportedModel:
 
             self._run = torch.jit.load(str(exported), map_location=device).eval()
         else:  # the ONNX engine medref predict runs a model folder's model.onnx with, on this tokenizer
-            from pipeline_src.inference.onnx_engine import OnnxPredictor
-
             tok = self._tok
             self._onnx = OnnxPredictor(exported.parent, exported, meta,
                                        tokenize=(lambda t: tok(t).numpy()) if tok is not None else None)
@@ -78,8 +79,6 @@ class ExportedModel:
             return torch.from_numpy(self._onnx.predict(images.cpu().numpy(), texts, tta))
         probs = self._probs(images, texts)
         if tta == "flip":
-            from pipeline_src.labels.text_parser import flip_text
-
             flipped = [flip_text(t) for t in texts] if self.uses_text else list(texts)
             probs = (probs + self._probs(images.flip(-1), flipped).flip(-1)) / 2
         elif tta is not None:

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.inference.sidecar import read_sidecar, sidecar_of
+from pipeline_src.labels.text_parser import flip_text
 from pipeline_src.models.folder import ModelFolder
 
 ENGINES = ("auto", "torch", "onnx")
@@ -35,8 +37,6 @@ SPLIT = r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N
 
 def export_of(model_dir: Path) -> tuple[Path, dict] | None:
     """(model.onnx, its sidecar) when the folder holds both, else None."""
-    from pipeline_src.inference.sidecar import read_sidecar, sidecar_of
-
     onnx_file = ModelFolder(model_dir).export_file
     if not (onnx_file.is_file() and sidecar_of(onnx_file).is_file()):
         return None
@@ -155,8 +155,6 @@ class OnnxPredictor:
             raise MedrefError(f"predict: {len(images)} images but {len(texts)} texts")
         probs = self._probs(images, texts)
         if tta == "flip":
-            from pipeline_src.labels.text_parser import flip_text
-
             flipped = [flip_text(t) for t in texts] if self.uses_text else list(texts)
             probs = (probs + self._probs(images[..., ::-1], flipped)[..., ::-1]) / 2
         elif tta is not None:

@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.labels.text_parser import flip_text
+from pipeline_src.models import build_model
 from pipeline_src.models.folder import ModelFolder
+from pipeline_src.models.params import ModelParams
 from pipeline_src.models.task import from_channels
 
 
@@ -68,8 +71,6 @@ class Predictor:
         ``text_parser.flip_text``): "left" names image-left, which the mirror moves to the right."""
         probs = self._probs(images, texts)
         if tta == "flip":
-            from pipeline_src.labels.text_parser import flip_text
-
             flipped = [flip_text(t) for t in texts] if self.net.uses_text else list(texts)
             probs = (probs + self._probs(images.flip(-1), flipped).flip(-1)) / 2
         elif tta is not None:
@@ -91,8 +92,7 @@ class Predictor:
 
 
 def load_predictor(model_dir: str | Path, device: str = "cpu", bf16: bool = False) -> Predictor:
-    from pipeline_src.models import build_model
-    from pipeline_src.models.params import ModelParams
+    # imported here: timm's import cost (models.text imports the encoders; this module's top loads torch only)
     from pipeline_src.models.text import build_tokenizer, defines_architecture
 
     folder = ModelFolder(model_dir)

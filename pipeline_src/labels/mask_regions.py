@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
 from pipeline_src.labels.params import PseudolabelParams
 
 # The constants live once, in params.yaml's ``pseudolabel`` section; PseudolabelParams' defaults equal it
@@ -189,8 +190,6 @@ def load_qata_sample(root, split: str) -> tuple[list[str], np.ndarray, np.ndarra
     """(names, images, masks, texts) of ``<root>/{split}/{images,masks}`` + ``<root>/text/train.csv`` (real sample)."""
     import csv
     from pathlib import Path
-
-    from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
 
     root = Path(root)
     with open(root / "text" / "train.csv", newline="") as f:

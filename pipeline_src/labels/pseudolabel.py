@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline_src import provenance
+from pipeline_src.data.shards import decode_images, decode_masks, load_manifest, read_table, require_current
 from pipeline_src.labels.mask_regions import agreement, mask_to_regions
 from pipeline_src.labels.text_parser import REGIONS, _tokens, parse
 from pipeline_src.utils.io import atomic_file, write_json
@@ -41,8 +43,6 @@ def schema():
 
 def label_split(table, pp: dict) -> dict[str, list]:
     """Columns of the labels table for one split's shard table (id, split, text, image, mask, height, width)."""
-    from pipeline_src.data.shards import decode_images, decode_masks
-
     n = table.num_rows
     cols: dict[str, list] = {k: [] for k in schema().names}
     if n == 0:
@@ -108,9 +108,6 @@ def _num(x: float) -> float | None:
 def run(params, dataset: str, shards_dir: Path, out_file: Path, metrics_file: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from pipeline_src import provenance
-    from pipeline_src.data.shards import load_manifest, read_table, require_current
 
     manifest = load_manifest(shards_dir)
     require_current(shards_dir, params, dataset, manifest)  # e.g. a failed preprocess left the previous shards

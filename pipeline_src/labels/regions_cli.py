@@ -21,7 +21,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
 from pipeline_src.errors import MedrefError
+from pipeline_src.labels.mask_regions import mask_to_regions
 from pipeline_src.labels.text_parser import parse
 
 
@@ -56,8 +58,6 @@ def _image_for(mask_path: Path) -> Path | None:
 def _load_grey(path: Path, mask: bool = False):
     """A mask ({0, 255} scale, label masks included) or an image (uint8 grey) through the one pixel decoder
     (pipeline_src/data/imageio.py), as preprocess reads them."""
-    from pipeline_src.data.imageio import IntensityRule, read_grey, read_mask
-
     try:
         data = path.read_bytes()
         return read_mask(data, name=str(path)) if mask else read_grey(data, "image", IntensityRule(), name=str(path))
@@ -84,8 +84,6 @@ def main(
         r = parse(t).regions
         out.write(json.dumps({"input": t, "regions": None if r is None else list(r)}, allow_nan=False) + "\n")
     if masks:
-        from pipeline_src.labels.mask_regions import mask_to_regions
-
         params = region_params() if region_params is not None else {}
         for m in masks:
             path = Path(m)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline_src.models import resolve
+
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
              smooth: float = 1.0) -> torch.Tensor:
@@ -126,8 +128,6 @@ def dispersive(z: torch.Tensor, cfg) -> torch.Tensor:
     with ``cfg`` the ``train.dispersive`` params block. Imported lazily so the text-guided
     methods do not depend on it unless ``train.dispersive.weight > 0``.
     """
-    from pipeline_src.models import resolve
-
     fn = resolve("pipeline_src.models.dispersive:dispersive_loss")
     return fn(z, variant=cfg.variant, tau=cfg.tau, eps=cfg.eps, include_diagonal=cfg.include_diagonal,
               distance=cfg.distance)

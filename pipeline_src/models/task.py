@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline_src.data.shards import is_class_index
 from pipeline_src.models.metrics import class_dice_from_counts, dice_iou_from_counts
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Binary:
         return torch.sigmoid(logits.float())
 
     def loss(self, name: str, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        # imported here: torch's import cost (losses imports torch; this module's top does not)
         from pipeline_src.models import losses
 
         return losses.binary(name, logits, masks)
@@ -86,6 +88,7 @@ class MultiClass:
         return torch.softmax(logits.float(), 1)
 
     def loss(self, name: str, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        # imported here: torch's import cost (losses imports torch; this module's top does not)
         from pipeline_src.models import losses
 
         return losses.dice_ce(logits, masks)  # masks hold class indices; the binary loss name does not apply
@@ -127,6 +130,4 @@ def from_channels(n_classes: int) -> Task:
 
 def from_manifest(manifest: dict) -> Task:
     """The task of a shards folder: class indices when its manifest says ``mask_encoding: class_index``."""
-    from pipeline_src.data.shards import is_class_index
-
     return from_channels(int(manifest["n_classes"])) if is_class_index(manifest) else Binary()

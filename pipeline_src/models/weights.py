@@ -19,6 +19,7 @@ from pipeline_src.utils.io import sha256_file, sha256_tree
 def weight_paths(model) -> dict[str, Path]:
     """Role (``image_weights`` / ``text_weights``) -> the local file or folder train will read for ``model`` (a
     ``train.model`` block). Text weights count only for an architecture with a text tower."""
+    # imported here: torch's and timm's import cost (encoders, text_hf import them; this module's top does not)
     from pipeline_src.models.encoders import image_weights_path
     from pipeline_src.models.text_hf import hf_folder, is_hf
 
@@ -30,7 +31,7 @@ def weight_paths(model) -> dict[str, Path]:
         if is_hf(tw):
             out["text_weights"] = hf_folder(tw)
         elif tw.startswith("local-dir:"):
-            from pipeline_src.models.text import local_dir
+            from pipeline_src.models.text import local_dir  # imported here: torch's import cost, as above
 
             out["text_weights"] = Path(local_dir(tw).removeprefix("local-dir:"))
         else:

@@ -28,8 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline_src.data.shards import load_manifest
+from pipeline_src.data.splits import labelled_selection
 from pipeline_src.errors import MedrefError
 from pipeline_src.models.task import from_manifest
+from pipeline_src.models.weights import weight_paths
+from pipeline_src.utils.io import check_writable
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
               params_file: Path | str | None = None, out_dir: Path | None = None,
               run_dir: Path | None = None) -> Plan:
     """Check the run and return what to train; raise one MedrefError naming the file or key otherwise."""
+    # imported here: torch's import cost (the methods import torch; this module's top does not)
     from pipeline_src.train.methods import METHODS
 
     src = str(params_file or "params.yaml")
@@ -74,8 +78,8 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
     model = model.model_copy(update={"n_classes": n_classes})
 
     _check_encoder(model, int(manifest.get("image_size") or 0), str(shards_dir / "manifest.json"))
+    # imported here: timm's and torch's import cost (models.encoders imports both; this module's top does not)
     from pipeline_src.models.encoders import resolve_image_norm
-    from pipeline_src.models.weights import weight_paths
 
     try:  # every weights file/folder exists locally (hf: / hf-hub: resolved from the cache, never downloaded)
         weight_paths(model)
@@ -92,8 +96,6 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
         split = _read_split(split_file, regime)
         n = len(split["labelled"])
     else:
-        from pipeline_src.data.splits import labelled_selection
-
         split, n = None, len(labelled_selection(shards_dir, r.fraction, params.split.seed)["labelled"])
     if n == 0:
         raise MedrefError(f"{split_file}: no labelled images")
@@ -114,8 +116,6 @@ def preflight(params, regime: str, *, shards_dir: Path, labels_file: Path, split
                 f"stale; re-run `medref split {r.split}` (or `dvc repro split@{r.split}`)")
     if not labels_file.is_file():
         raise MedrefError(f"{labels_file}: pseudo-label file not found (run `medref pseudolabel {r.dataset}` first)")
-    from pipeline_src.utils.io import check_writable
-
     for out in (run_dir, out_dir):
         if out is not None:
             check_writable(out, rerun=f"`medref train {regime}`")
@@ -130,6 +130,7 @@ def _check_encoder(model, image_size: int = 0, manifest: str = "manifest.json") 
     stage to the one above it, must halve exactly from stage to stage."""
     import torch
 
+    # imported here: timm's import cost (models.encoders imports timm; this module's top does not)
     from pipeline_src.models.encoders import ImageEncoder
 
     with torch.device("meta"):

@@ -25,6 +25,8 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from pipeline_src import provenance
+from pipeline_src.data.shards import load_manifest, read_table, require_current
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import atomic_dir, write_json
 from pipeline_src.utils.stage import torch_device
@@ -35,8 +37,6 @@ PROVENANCE = "pretrain.json"
 
 def train_texts(shards_dir: Path) -> list[str]:
     """The non-empty report texts of the train split, in shard (id) order."""
-    from pipeline_src.data.shards import read_table
-
     table = read_table(shards_dir, "train", columns=["id", "text"])
     return [t for t in table.column("text").to_pylist() if t and t.strip()]
 
@@ -86,9 +86,6 @@ def run(params, dataset: str, shards_dir: Path, out_dir: Path) -> Path:
     """Pretrain the text encoder of ``dataset`` and write ``out_dir`` (models/text/<dataset>/)."""
     import torch
     import transformers
-
-    from pipeline_src import provenance
-    from pipeline_src.data.shards import load_manifest, require_current
 
     cfg = params.pretrain_text
     shards_dir, out_dir = Path(shards_dir), Path(out_dir)

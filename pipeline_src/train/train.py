@@ -32,15 +32,17 @@ import torch
 from tqdm import tqdm
 
 from pipeline_src import provenance
-from pipeline_src.data.shards import load_manifest
+from pipeline_src.data.shards import decode_images, decode_mask_column, load_manifest, read_table, select_rows
 from pipeline_src.errors import MedrefError
 from pipeline_src.labels.table import Label, read_labels
 from pipeline_src.models import build_model, card, folder
+from pipeline_src.models.alignment import alignment_score
 from pipeline_src.models.task import from_channels
 from pipeline_src.models.text import build_tokenizer
 from pipeline_src.models.weights import record as weights_record
 from pipeline_src.train import checkpoint as ckpt_io
 from pipeline_src.train.methods import METHODS
+from pipeline_src.train.preflight import preflight
 from pipeline_src.utils.io import output_errors, sha256_json, write_json
 from pipeline_src.utils.stage import torch_device
 
@@ -79,8 +81,6 @@ class Split:
 
 
 def load_split(shards_dir: Path, split: str, ids: list[str] | None, labels: dict[str, Label]) -> Split:
-    from pipeline_src.data.shards import decode_images, decode_mask_column, read_table, select_rows
-
     table = read_table(shards_dir, split, columns=["id", "image", "mask", "height", "width", "text"])
     all_ids = table.column("id").to_pylist()
     if ids is None:
@@ -236,8 +236,6 @@ def validate(net, val: Split, n_max: int, tokenize, device, autocast, bs: int = 
 @torch.no_grad()
 def val_alignment(net, val: Split, n_max: int, tokenize, device) -> dict:
     """Image->text retrieval and region read-out on the val images (``pipeline_src.models.alignment``)."""
-    from pipeline_src.models.alignment import alignment_score
-
     n = min(len(val), n_max)
     if n < 2 or not net.uses_text:
         return {}
@@ -299,8 +297,6 @@ class RunState:
 def setup(params, regime: str, *, shards_dir: Path, labels_file: Path, split_file: Path, run_dir: Path,
           resume: bool = True, out_dir: Path | None = None) -> RunState:
     """Resolve the config, load the data, build model/method/optimiser, and resume from the run folder's checkpoint."""
-    from pipeline_src.train.preflight import preflight
-
     plan = preflight(params, regime, shards_dir=shards_dir, labels_file=labels_file, split_file=split_file,
                      out_dir=out_dir, run_dir=run_dir)
     cfg = plan.cfg
