@@ -40,6 +40,7 @@ from pipeline_src.data.imageio import (
 )
 from pipeline_src.data.layouts import SPLITS, clean_text
 from pipeline_src.data.shards import SplitWriter, schema
+from pipeline_src.data.volumes import write_volume_shards
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import atomic_dir, output_errors, sha256_file, sha256_json, write_json
 
@@ -181,8 +182,6 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
 
 def _run_volumes(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
     """NIfTI CT + label maps -> class-index slice shards (pipeline_src/data/volumes.py)."""
-    from pipeline_src.data.volumes import write_volume_shards
-
     m = write_volume_shards(raw_dir, out_dir, params.dataset(dataset).volumes, dataset=dataset,
                             preprocess=params.preprocess)
     _log(f"{dataset}: {len(m['cases'])} cases, {m['n_classes']} classes, "
