@@ -31,7 +31,8 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from pipeline_src.data import layouts, synthetic
+from pipeline_src.data import layouts, synthetic, synthetic_volumes
+from pipeline_src.data.params import ArchiveLimits
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import (
     atomic_dir,
@@ -113,8 +114,6 @@ def safe_extract(archive: Path, dest: Path, limits=None, key: str = "datasets.<d
     """Extract ``archive`` (zip or tar, told apart by content) into ``dest``. Any unsafe member, or a listing
     past ``limits`` (the ``key`` params block; its defaults if None), is an error before anything is
     extracted; a corrupt or truncated archive is an error naming it."""
-    from pipeline_src.data.params import ArchiveLimits
-
     limits = limits or ArchiveLimits()
     fmt = archive_format(archive)
     if fmt is None:
@@ -183,8 +182,6 @@ def resolve_source(dp, dataset: str) -> tuple[str, Path | None, str]:
     src = dp.source
     key = f"datasets.{dataset}.sha256"
     if src == "synthetic" and dp.kind == "volumes":
-        from pipeline_src.data import synthetic_volumes
-
         v = dp.volumes
         return "synthetic", None, sha256_json({"generator": synthetic_volumes.GENERATOR_VERSION, "kind": dp.kind,
                                                "n_cases": v.n_cases, "shape": list(v.shape), "seed": v.seed})
@@ -333,8 +330,6 @@ def _source_root(dp, dataset: str, kind_src: str, path: Path | None, tmp: Path) 
     (archive), or the source folder itself."""
     if kind_src == "synthetic":
         if dp.kind == "volumes":
-            from pipeline_src.data import synthetic_volumes
-
             v = dp.volumes
             synthetic_volumes.generate_volumes(tmp / "generated", v.n_cases, v.shape, v.seed)
             return tmp / "generated"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from pipeline_src.data.imageio import (
 )
 from pipeline_src.data.layouts import SPLITS, clean_text
 from pipeline_src.data.shards import SplitWriter, schema
+from pipeline_src.data.volumes import write_volume_shards
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import atomic_dir, output_errors, sha256_file, sha256_json, write_json
 
@@ -160,98 +162,158 @@ def _output_errors(out_dir: Path, dataset: str, est_bytes: int):
 
 
 def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
+    """Validate ``raw_dir``'s pairs (or volumes) and write ``out_dir``: shards per split plus manifest.json."""
     pp = params.preprocess
     kind = params.dataset(dataset).kind
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    if kind == "volumes":  # NIfTI CT + label maps -> class-index slice shards (pipeline_src/data/volumes.py)
-        from pipeline_src.data.volumes import write_volume_shards
-
-        m = write_volume_shards(raw_dir, out_dir, params.dataset(dataset).volumes, dataset=dataset, preprocess=pp)
-        _log(f"{dataset}: {len(m['cases'])} cases, {m['n_classes']} classes, "
-             f"{ {s: v['rows'] for s, v in m['splits'].items()} } slices -> {out_dir}")
-        return out_dir
+    if kind == "volumes":
+        return _run_volumes(params, dataset, raw_dir, out_dir)
     rows = read_pairs(raw_dir)
-    size = pp.image_size
-    sch = schema(size)
-    rgs = pp.row_group_size
-    text_required = kind != "folder"
+    with _output_errors(out_dir, dataset, len(rows) * (pp.image_size * pp.image_size * 9 // 8)), \
+            atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
+        bits, bits_from = dataset_bits(raw_dir, rows, pp, pool)
+        written = _write_splits(tmp, raw_dir, rows, pp, intensity_rule(pp, bits), text_required=kind != "folder",
+                                pool=pool, desc=f"preprocess {dataset}")
+        _refuse_invalid(raw_dir, written.problems, pp)
+        manifest = _write_manifest(tmp, raw_dir, dataset, kind, pp, written, bits, bits_from)
+    _log_summary(dataset, out_dir, written, manifest, bits, bits_from)
+    return out_dir
+
+
+def _run_volumes(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
+    """NIfTI CT + label maps -> class-index slice shards (pipeline_src/data/volumes.py)."""
+    m = write_volume_shards(raw_dir, out_dir, params.dataset(dataset).volumes, dataset=dataset,
+                            preprocess=params.preprocess)
+    _log(f"{dataset}: {len(m['cases'])} cases, {m['n_classes']} classes, "
+         f"{ {s: v['rows'] for s, v in m['splits'].items()} } slices -> {out_dir}")
+    return out_dir
+
+
+@dataclass
+class _Written:
+    """What the pass over the splits wrote and found, in row order."""
+
+    splits: dict[str, dict] = field(default_factory=dict)  # split -> {rows, shards}
+    problems: list[dict] = field(default_factory=list)  # the invalid pairs, each with its reason
+    control: dict[str, int] = field(default_factory=dict)  # split/id -> control characters removed from its text
+
+
+def _write_splits(tmp: Path, raw_dir: Path, rows: list[dict], pp, rule: IntensityRule, *, text_required: bool,
+                  pool: ThreadPoolExecutor, desc: str) -> _Written:
+    """Every split in turn, its rows sorted by id, under one progress bar over the dataset."""
     from tqdm import tqdm
 
-    problems: list[dict] = []
-    splits_out: dict[str, dict] = {}
-    control: dict[str, int] = {}  # row id -> control characters removed from its text
-    lim = limits(pp)
-    with _output_errors(out_dir, dataset, len(rows) * (size * size * 9 // 8)), atomic_dir(out_dir) as tmp, \
-            ThreadPoolExecutor(max_workers=2) as pool:
-        bits, bits_from = dataset_bits(raw_dir, rows, pp, pool)
-        rule = intensity_rule(pp, bits)
-        bar = tqdm(total=len(rows), desc=f"preprocess {dataset}", disable=len(rows) < 2000)
-        for split in SPLITS:
-            srows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["id"])
-            writer = SplitWriter(tmp, split, sch, rgs, pp.shard_rows, pp.compression)
-            for start in range(0, len(srows), rgs):
-                chunk = srows[start : start + rgs]
-                # decoding is PNG/zlib work that releases the GIL: 2 threads ~ 2 cores
-                results = list(pool.map(
-                    lambda r: load_pair(raw_dir, r, size, pp.mask_threshold, pp.max_ambiguous, rule, lim), chunk))
-                good = []
-                for r, res in zip(chunk, results, strict=True):
-                    reason = res if isinstance(res, str) else None
-                    text, n_ctl = clean_text(r["text"])
-                    if n_ctl:
-                        r = {**r, "text": text}
-                    if reason is None and text_required:
-                        if r["has_text"] != "1":
-                            reason = "no text row for this image in the text CSV"
-                        elif not r["text"].strip():
-                            reason = "empty text"
-                    if reason is not None:
-                        problems.append({"split": split, "id": r["id"], "file": r["source_image"],
-                                         "mask": r["source_mask"], "reason": reason})
-                    else:
-                        good.append((r, res))
-                        if n_ctl:
-                            control[f"{split}/{r['id']}"] = n_ctl
-                bar.update(len(chunk))
-                if problems and pp.on_invalid == "error":
-                    continue  # keep validating to report every bad file at once; nothing is written
-                for i in range(0, len(good), rgs):
-                    writer.write(_chunk_table(good[i : i + rgs], sch, size))
-            shards = [{"path": sh["path"].relative_to(tmp).as_posix(), "rows": sh["rows"]} for sh in writer.close()]
-            splits_out[split] = {"rows": sum(sh["rows"] for sh in shards), "shards": shards}
-        bar.close()
-        if problems and pp.on_invalid == "error":
-            # source paths already start with their split's folder ("train/images/x.png"): print them as they are
-            lines = [f"  {p['file']}" + (f" (mask {p['mask']})" if p["mask"] else "") + f": {p['reason']}"
-                     for p in problems]
-            more = f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else ""
-            raise MedrefError(
-                f"{raw_dir}: {len(problems)} invalid pair(s) (source paths shown; set preprocess.on_invalid: drop to "
-                "skip them, each drop is recorded in manifest.json):\n" + "\n".join(lines[:50]) + more)
-        for split in splits_out.values():
-            for sh in split["shards"]:
-                sh["sha256"] = sha256_file(tmp / sh["path"])
-        ck = raw_dir / "checksums.json"
-        manifest = {
-            "dataset": dataset,
-            "kind": kind,
-            "image_size": size,
-            "splits": splits_out,
-            "schema": {f.name: str(f.type) for f in sch},
-            "dropped": problems,
-            "empty_masks": empty_masks(tmp, splits_out),
-            # how deeper-than-8-bit images were mapped to 0..255 (imageio.py); train copies it to the model's
-            # config.json input, and predict maps a new image the same way
-            "intensity": {"rule": pp.intensity, "bits": bits, "decided_from": bits_from},
-            # control characters (NUL ...) removed from the stored texts: the total and per row (split/id)
-            "text_control_chars": {"removed": sum(control.values()), "rows": control},
-            "params": pp.model_dump(),
-            "raw_digest": sha256_file(ck) if ck.is_file() else None,
-            "pyarrow": pa.__version__,
-        }
-        manifest["digest"] = sha256_json({k: manifest[k] for k in ("splits", "schema", "dropped", "image_size")})
-        write_json(tmp / "manifest.json", manifest)
-    counts = {s: v["rows"] for s, v in splits_out.items()}
+    size, lim = pp.image_size, limits(pp)
+
+    def load(r: dict):
+        return load_pair(raw_dir, r, size, pp.mask_threshold, pp.max_ambiguous, rule, lim)
+
+    written = _Written()
+    bar = tqdm(total=len(rows), desc=desc, disable=len(rows) < 2000)
+    for split in SPLITS:
+        srows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["id"])
+        _write_split(tmp, split, srows, pp, load, text_required, pool, bar, written)
+    bar.close()
+    return written
+
+
+def _write_split(tmp: Path, split: str, srows: list[dict], pp, load, text_required: bool, pool: ThreadPoolExecutor,
+                 bar, written: _Written) -> None:
+    """Decode, validate and write one split a row group at a time; adds its shards and findings to ``written``."""
+    size, rgs = pp.image_size, pp.row_group_size
+    sch = schema(size)
+    writer = SplitWriter(tmp, split, sch, rgs, pp.shard_rows, pp.compression)
+    for start in range(0, len(srows), rgs):
+        chunk = srows[start : start + rgs]
+        # decoding is PNG/zlib work that releases the GIL: 2 threads ~ 2 cores
+        results = list(pool.map(load, chunk))
+        good = _valid_pairs(split, chunk, results, text_required, written)
+        bar.update(len(chunk))
+        if written.problems and pp.on_invalid == "error":
+            continue  # keep validating to report every bad file at once; nothing is written
+        for i in range(0, len(good), rgs):
+            writer.write(_chunk_table(good[i : i + rgs], sch, size))
+    shards = [{"path": sh["path"].relative_to(tmp).as_posix(), "rows": sh["rows"]} for sh in writer.close()]
+    written.splits[split] = {"rows": sum(sh["rows"] for sh in shards), "shards": shards}
+
+
+def _valid_pairs(split: str, chunk: list[dict], results: list, text_required: bool,
+                 written: _Written) -> list[tuple[dict, tuple]]:
+    """A chunk's valid (row, decoded pair)s, control characters removed from the texts; the rest to ``problems``."""
+    good = []
+    for r, res in zip(chunk, results, strict=True):
+        text, n_ctl = clean_text(r["text"])
+        if n_ctl:
+            r = {**r, "text": text}
+        reason = res if isinstance(res, str) else _text_reason(r, text_required)
+        if reason is not None:
+            written.problems.append({"split": split, "id": r["id"], "file": r["source_image"],
+                                     "mask": r["source_mask"], "reason": reason})
+            continue
+        good.append((r, res))
+        if n_ctl:
+            written.control[f"{split}/{r['id']}"] = n_ctl
+    return good
+
+
+def _text_reason(row: dict, text_required: bool) -> str | None:
+    """Why a decoded pair's text makes it invalid (every kind but folder needs one per image), else None."""
+    if not text_required:
+        return None
+    if row["has_text"] != "1":
+        return "no text row for this image in the text CSV"
+    if not row["text"].strip():
+        return "empty text"
+    return None
+
+
+def _refuse_invalid(raw_dir: Path, problems: list[dict], pp) -> None:
+    """Under ``preprocess.on_invalid: error``, raise listing the invalid pairs (then nothing was written)."""
+    if not (problems and pp.on_invalid == "error"):
+        return
+    # source paths already start with their split's folder ("train/images/x.png"): print them as they are
+    lines = [f"  {p['file']}" + (f" (mask {p['mask']})" if p["mask"] else "") + f": {p['reason']}" for p in problems]
+    more = f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else ""
+    raise MedrefError(
+        f"{raw_dir}: {len(problems)} invalid pair(s) (source paths shown; set preprocess.on_invalid: drop to "
+        "skip them, each drop is recorded in manifest.json):\n" + "\n".join(lines[:50]) + more)
+
+
+def _write_manifest(tmp: Path, raw_dir: Path, dataset: str, kind: str, pp, written: _Written, bits: int | None,
+                    bits_from: str) -> dict:
+    """Hash the shards and write ``tmp/manifest.json`` (what was written, dropped and decided, and from what)."""
+    splits_out = written.splits
+    for split in splits_out.values():
+        for sh in split["shards"]:
+            sh["sha256"] = sha256_file(tmp / sh["path"])
+    ck = raw_dir / "checksums.json"
+    manifest = {
+        "dataset": dataset,
+        "kind": kind,
+        "image_size": pp.image_size,
+        "splits": splits_out,
+        "schema": {f.name: str(f.type) for f in schema(pp.image_size)},
+        "dropped": written.problems,
+        "empty_masks": empty_masks(tmp, splits_out),
+        # how deeper-than-8-bit images were mapped to 0..255 (imageio.py); train copies it to the model's
+        # config.json input, and predict maps a new image the same way
+        "intensity": {"rule": pp.intensity, "bits": bits, "decided_from": bits_from},
+        # control characters (NUL ...) removed from the stored texts: the total and per row (split/id)
+        "text_control_chars": {"removed": sum(written.control.values()), "rows": written.control},
+        "params": pp.model_dump(),
+        "raw_digest": sha256_file(ck) if ck.is_file() else None,
+        "pyarrow": pa.__version__,
+    }
+    manifest["digest"] = sha256_json({k: manifest[k] for k in ("splits", "schema", "dropped", "image_size")})
+    write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def _log_summary(dataset: str, out_dir: Path, written: _Written, manifest: dict, bits: int | None,
+                 bits_from: str) -> None:
+    """Log the rows written, each drop, the texts cleaned, the bit depth used and any all-background masks."""
+    counts = {s: v["rows"] for s, v in written.splits.items()}
+    problems, control = written.problems, written.control
     _log(f"{dataset}: {counts} rows, {len(problems)} dropped -> {out_dir}")
     for p in problems:
         _log(f"dropped {p['file']}: {p['reason']}")
@@ -263,6 +325,3 @@ def run(params, dataset: str, raw_dir: Path, out_dir: Path) -> Path:
     for split, e in manifest["empty_masks"].items():
         _log(f"{split}: {e['count']} all-background mask(s) among lesion masks (listed in manifest.json "
              f"empty_masks): {', '.join(e['ids'][:5])}{' ...' if e['count'] > 5 else ''}")
-    return out_dir
-
-

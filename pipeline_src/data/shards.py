@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_src.errors import MedrefError
+from pipeline_src.utils.io import sha256_file
 
 MASK_ENCODING = "class_index"
 
@@ -250,8 +251,6 @@ def verify_shards(shards_dir: str | Path, split: str) -> None:
     A truncated or modified shard (a damaged DVC cache, a partial copy) is reported with the file and how to
     recover, instead of an Arrow error or silently different pixels. Hashing is ~1 s/GB, paid once per process
     (DataLoader workers started by fork inherit the result)."""
-    from pipeline_src.utils.io import sha256_file
-
     m = load_manifest(shards_dir)
     for s in m["splits"].get(split, {}).get("shards", []):
         f = Path(shards_dir) / s["path"]

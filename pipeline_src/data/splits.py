@@ -28,7 +28,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline_src.data.shards import eval_split, load_manifest, read_table
+from pipeline_src.data.shards import eval_split, load_manifest, read_table, require_current
 from pipeline_src.errors import MedrefError
 from pipeline_src.utils.io import sha256_json, write_json
 
@@ -100,8 +100,6 @@ def run(params, split: str, shards_dir: Path, out_file: Path) -> dict:
     dataset, fraction = params.split_of(split)
     seed = params.split.seed
     shards_dir = Path(shards_dir)
-    from pipeline_src.data.shards import require_current
-
     require_current(shards_dir, params, dataset, load_manifest(shards_dir))
     evaluated_on = _require_eval_split(shards_dir, dataset)
     sel = labelled_selection(shards_dir, fraction, seed)

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline_src.utils.io import atomic_dir, write_json
+
 # bump when the output changes, so cached raw folders are regenerated (download.py pattern)
 GENERATOR_VERSION = 1
 
@@ -162,8 +164,6 @@ def generate_volumes(
 ) -> None:
     """Write ``n_cases`` synthetic CT cases to ``out_dir`` (replaced atomically: a killed run leaves nothing)."""
     import nibabel as nib
-
-    from pipeline_src.utils.io import atomic_dir, write_json
 
     if n_cases < 1:
         raise ValueError(f"n_cases must be >= 1, got {n_cases}")

@@ -46,9 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline_src.data.params import VolumeParams
+from pipeline_src.data.params import PreprocessParams, VolumeParams
 from pipeline_src.data.shards import MASK_ENCODING, SplitWriter, volume_schema
 from pipeline_src.errors import MedrefError
+from pipeline_src.utils.io import atomic_dir, sha256_file, sha256_json, write_json
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # an affine may differ by float noise between an image and its label map (different writers round the
@@ -270,8 +271,6 @@ def iter_volume_slices(
     slices keep their size (only square slices are accepted then). All cases are validated before the first
     row is yielded, so a bad case deep in the set fails fast and the writer never starts on a bad dataset.
     """
-    from pipeline_src.utils.io import sha256_file
-
     raw_dir = Path(raw_dir)
     p = _as_params(params)
     size = p.image_size or image_size
@@ -339,9 +338,6 @@ def write_volume_shards(
     defaults. The whole folder is replaced atomically; rows stream through one row group per split in memory.
     """
     import pyarrow as pa
-
-    from pipeline_src.data.params import PreprocessParams
-    from pipeline_src.utils.io import atomic_dir, sha256_file, sha256_json, write_json
 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     p = _as_params(params)
