@@ -45,7 +45,6 @@ EXEMPT: dict[str, str] = {
         "(tests/test_deps.py). The free ones (errors, numerics) are at its top"
     ),
     f"{PKG}/verify.py": _RESTRUCTURED,
-    f"{PKG}/data/": _RESTRUCTURED,
 }
 
 
