@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,9 @@ import yaml
 
 from pipeline_src import numerics, paths
 from pipeline_src.errors import MedrefError
+from pipeline_src.grid import grid_document
 from pipeline_src.models.folder import PROVENANCE, ModelFolder
+from pipeline_src.models.weights import changed as changed_weights
 from pipeline_src.provenance import cpu_hint, cpu_model, version_mismatch
 
 GPU_METRIC_TOLERANCE = 1e-3  # absolute, on metrics in [0, 1]; declared here and in the README
@@ -46,8 +49,6 @@ NATIVE_CPU_METRIC_TOLERANCE = 0.02
 
 def chain(params_raw: dict[str, Any], regime: str) -> list[str]:
     """DVC stage names that ``eval@<regime>`` depends on, in execution order."""
-    from pipeline_src.grid import grid_document
-
     runs = grid_document(params_raw)["runs"]
     if regime not in runs:
         raise MedrefError(f"params.yaml: unknown run {regime!r}; runs: {', '.join(runs)}")
@@ -346,10 +347,8 @@ def verify(regime: str, repo: Path = Path("."), keep: bool = False, log=print) -
 
     # 0. the pretrained weights files train read, against the digests it recorded (a file replaced behind the same
     # path changes the model while every param stays the same)
-    from pipeline_src.models.weights import changed
-
     model_prov = provenance(regime, repo).get("model") or {}
-    for line in changed(model_prov.get("weights"), repo):
+    for line in changed_weights(model_prov.get("weights"), repo):
         log(f"FAIL: train@{regime}: weights {line}; re-run `dvc repro train@{regime}` (or restore the file)")
         return False
 
@@ -496,8 +495,6 @@ def verify_from(folder: Path, regime: str, repo: Path = Path("."), keep: bool = 
             "any of them reached the chain (every code dep's hash is compared)")
     tree = record.get("code_tree")
     if not tree and (folder / "PROVENANCE.md").is_file():  # folders published before publish.json existed
-        import re
-
         m = re.search(r"git tree `([0-9a-f]{40})`", (folder / "PROVENANCE.md").read_text())
         tree = m[1] if m else None
     commit, why = commit_in_main(repo, record.get("commit") or git.get("commit"), tree)
