@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -335,47 +336,77 @@ def _compare(stages: list[str], lock: dict, new: dict, prov: dict, how: str, clo
 def verify(regime: str, repo: Path = Path("."), keep: bool = False, log=print) -> bool:
     """``medref verify <regime>``: the workspace's recorded result (dvc.lock + outputs) against a re-run."""
     repo = repo.resolve()
-    if not (repo / paths.PIPELINE_FILE).is_file():
-        raise MedrefError(f"{repo}: no {paths.PIPELINE_FILE} here or above; run `medref verify` inside the repository")
+    _require_pipeline(repo)
     params_raw = yaml.safe_load((repo / "params.yaml").read_text())
     stages = chain(params_raw, regime)
     lock = _load_lock(repo / "dvc.lock")
+    failure = (_unrecorded(stages, lock, regime)
+               or _changed_weights(regime, repo)  # 0. the weights files train read, against their recorded digests
+               or _workspace_change(stages, lock, params_raw, repo))  # 1. workspace vs dvc.lock
+    if failure:
+        log(failure)
+        return False
+    log(f"workspace matches dvc.lock for {len(stages)} stages")
+    return _rerun_recorded(regime, repo, lock, keep=keep, log=log)  # 2. re-run from scratch at the recorded commit
+
+
+def _require_pipeline(repo: Path) -> None:
+    """An error unless ``repo`` is the repository's root (it holds dvc.yaml)."""
+    if not (repo / paths.PIPELINE_FILE).is_file():
+        raise MedrefError(f"{repo}: no {paths.PIPELINE_FILE} here or above; run `medref verify` inside the repository")
+
+
+def _unrecorded(stages: list[str], lock: dict, regime: str) -> str | None:
+    """The FAIL line when the workspace's dvc.lock lacks a stage of the chain (nothing recorded to compare)."""
     missing = [s for s in stages if s not in lock]
     if missing:
-        log(f"FAIL: dvc.lock has no record of {', '.join(missing)}; run `dvc repro eval@{regime}` first")
-        return False
+        return f"FAIL: dvc.lock has no record of {', '.join(missing)}; run `dvc repro eval@{regime}` first"
+    return None
 
-    # 0. the pretrained weights files train read, against the digests it recorded (a file replaced behind the same
-    # path changes the model while every param stays the same)
+
+def _changed_weights(regime: str, repo: Path) -> str | None:
+    """Step 0: the FAIL line for the first pretrained weights file train read whose digest differs from the recorded
+    one (a file replaced behind the same path changes the model while every param stays the same)."""
     model_prov = provenance(regime, repo).get("model") or {}
-    for line in changed_weights(model_prov.get("weights"), repo):
-        log(f"FAIL: train@{regime}: weights {line}; re-run `dvc repro train@{regime}` (or restore the file)")
-        return False
+    lines = changed_weights(model_prov.get("weights"), repo)
+    if lines:
+        return f"FAIL: train@{regime}: weights {lines[0]}; re-run `dvc repro train@{regime}` (or restore the file)"
+    return None
 
-    # 1. workspace vs dvc.lock
+
+def _workspace_change(stages: list[str], lock: dict, params_raw: dict[str, Any], repo: Path) -> str | None:
+    """Step 1: the FAIL line for the first way the workspace differs from dvc.lock for the chain (``dvc status``)."""
     st = _dvc(["status", "--json", *stages], cwd=repo)
     if st.returncode != 0:
         raise MedrefError(f"dvc status failed: {st.stderr.strip()}")
-    status = json.loads(st.stdout or "{}")
+    return next(_status_failures(stages, json.loads(st.stdout or "{}"), lock, params_raw), None)
+
+
+def _status_failures(stages: list[str], status: dict, lock: dict, params_raw: dict[str, Any]) -> Iterator[str]:
+    """One FAIL line per change ``dvc status --json`` reports, in stage order (lazily: the caller names the first)."""
     for stage in stages:
         for change in status.get(stage, []):
-            if isinstance(change, dict):
-                for kind, items in change.items():
-                    if isinstance(items, dict):
-                        for path, what in items.items():
-                            if isinstance(what, dict):  # params: {"eval": "modified"} -> name the leaf keys
-                                recorded = lock[stage].get("params", {}).get(path, {})
-                                keys = [k for group in what for k in _changed_keys(group, recorded.get(group),
-                                                                                  _dotted(params_raw, group))]
-                                what = ", ".join(keys or [f"{k} {v}" for k, v in what.items()])
-                            log(f"FAIL: {stage}: {kind}: {path} ({what}) differs from dvc.lock")
-                            return False
-            else:
-                log(f"FAIL: {stage}: {change}")
-                return False
-    log(f"workspace matches dvc.lock for {len(stages)} stages")
+            if not isinstance(change, dict):
+                yield f"FAIL: {stage}: {change}"
+                continue
+            for kind, items in change.items():
+                for path, what in (items.items() if isinstance(items, dict) else ()):
+                    what = _what_changed(what, lock[stage], path, params_raw)
+                    yield f"FAIL: {stage}: {kind}: {path} ({what}) differs from dvc.lock"
 
-    # 2. re-run from scratch at the recorded commit
+
+def _what_changed(what: Any, locked: dict, path: str, params_raw: dict[str, Any]) -> Any:
+    """What ``dvc status`` says of one path, with a params file's groups (``{"eval": "modified"}``) as the leaf
+    keys that changed against the stage's ``locked`` record."""
+    if not isinstance(what, dict):
+        return what
+    recorded = locked.get("params", {}).get(path, {})
+    keys = [k for group in what for k in _changed_keys(group, recorded.get(group), _dotted(params_raw, group))]
+    return ", ".join(keys or [f"{k} {v}" for k, v in what.items()])
+
+
+def _rerun_recorded(regime: str, repo: Path, lock: dict, *, keep: bool, log) -> bool:
+    """Step 2: the workspace's chain re-run from scratch at the commit its result records (none from dirty code)."""
     prov = provenance(regime, repo).get("metrics") or {}
     git = prov.get("git") or {}
     if git.get("dirty"):
