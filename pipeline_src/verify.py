@@ -340,7 +340,7 @@ def verify(regime: str, repo: Path = Path("."), keep: bool = False, log=print) -
     params_raw = yaml.safe_load((repo / "params.yaml").read_text())
     stages = chain(params_raw, regime)
     lock = _load_lock(repo / "dvc.lock")
-    failure = (_unrecorded(stages, lock, regime)
+    failure = (_unrecorded(stages, lock, "dvc.lock", f"; run `dvc repro eval@{regime}` first")
                or _changed_weights(regime, repo)  # 0. the weights files train read, against their recorded digests
                or _workspace_change(stages, lock, params_raw, repo))  # 1. workspace vs dvc.lock
     if failure:
@@ -356,11 +356,11 @@ def _require_pipeline(repo: Path) -> None:
         raise MedrefError(f"{repo}: no {paths.PIPELINE_FILE} here or above; run `medref verify` inside the repository")
 
 
-def _unrecorded(stages: list[str], lock: dict, regime: str) -> str | None:
-    """The FAIL line when the workspace's dvc.lock lacks a stage of the chain (nothing recorded to compare)."""
+def _unrecorded(stages: list[str], lock: dict, lock_file: str | Path, hint: str = "") -> str | None:
+    """The FAIL line when ``lock`` (read from ``lock_file``) lacks a stage of the chain: nothing recorded to compare."""
     missing = [s for s in stages if s not in lock]
     if missing:
-        return f"FAIL: dvc.lock has no record of {', '.join(missing)}; run `dvc repro eval@{regime}` first"
+        return f"FAIL: {lock_file} has no record of {', '.join(missing)}{hint}"
     return None
 
 
@@ -508,39 +508,55 @@ def verify_from(folder: Path, regime: str, repo: Path = Path("."), keep: bool = 
     at a commit of main with the recorded code, with the recorded params.yaml and grid.yaml, and compare it with the
     recorded dvc.lock and metrics (bits, or the metrics within a tolerance: :func:`comparison`)."""
     repo, folder = repo.resolve(), folder.resolve()
-    if not (repo / paths.PIPELINE_FILE).is_file():
-        raise MedrefError(f"{repo}: no {paths.PIPELINE_FILE} here or above; run `medref verify` inside the repository")
-    metrics = folder / "metrics" / f"{regime}.json"
-    need = [folder / "params.yaml", folder / "grid.yaml", folder / "dvc.lock", metrics]
-    absent = [str(p.relative_to(folder)) for p in need if not p.is_file()]
-    if absent:
-        raise MedrefError(f"{folder}: not a published study folder with run {regime!r} (missing: {', '.join(absent)};"
-                          " tools/publish_study.py writes them)")
+    _require_pipeline(repo)
+    metrics = _published_metrics(folder, regime)
     prov = json.loads(metrics.read_text()).get("provenance") or {}
     record = json.loads((folder / PUBLISH_RECORD).read_text()) if (folder / PUBLISH_RECORD).is_file() else {}
-    git = prov.get("git") or {}
-    if git.get("dirty"):
+    if (prov.get("git") or {}).get("dirty"):
         # a study runs with its own params.yaml and grid.yaml, which dirty the tree and which the re-run restores;
         # any other uncommitted change to code the chain imports shows as a code dep that differs from dvc.lock
         log("note: the recorded run's working tree had uncommitted changes; the re-run's dvc.lock judges whether "
             "any of them reached the chain (every code dep's hash is compared)")
-    tree = record.get("code_tree")
-    if not tree and (folder / "PROVENANCE.md").is_file():  # folders published before publish.json existed
-        m = re.search(r"git tree `([0-9a-f]{40})`", (folder / "PROVENANCE.md").read_text())
-        tree = m[1] if m else None
-    commit, why = commit_in_main(repo, record.get("commit") or git.get("commit"), tree)
-    if commit is None:
-        hint = "" if record else (" This folder was published before publish.json existed (its commit was never "
-                                  "merged); re-publish the study from a commit of main with tools/publish_study.py.")
-        raise MedrefError(f"{folder}: cannot re-run {regime}: {why}.{hint}")
+    commit, why = _published_commit(repo, folder, regime, record, prov)
     lock = _load_lock(folder / "dvc.lock")
-    params_raw = yaml.safe_load((folder / "params.yaml").read_text())
-    missing = [s for s in chain(params_raw, regime) if s not in lock]
-    if missing:
-        log(f"FAIL: {folder / 'dvc.lock'} has no record of {', '.join(missing)}")
+    stages = chain(yaml.safe_load((folder / "params.yaml").read_text()), regime)
+    failure = _unrecorded(stages, lock, folder / "dvc.lock")
+    if failure:
+        log(failure)
         return False
     log(f"{folder.name}/{regime}: re-running at {why}; recorded numerics "
         f"{(prov.get('numerics') or {}).get('mode', 'native (not recorded)')} on {prov.get('cpu')}")
     files = {"params.yaml": folder / "params.yaml", "workflow/grid.yaml": folder / "grid.yaml"}
     return _rerun(regime, repo, commit, files, lock, prov, recorded=None, recorded_metrics=metrics, keep=keep,
                   log=log)
+
+
+def _published_metrics(folder: Path, regime: str) -> Path:
+    """The run's metrics file in a published study folder; an error naming the files the folder lacks."""
+    metrics = folder / "metrics" / f"{regime}.json"
+    need = [folder / "params.yaml", folder / "grid.yaml", folder / "dvc.lock", metrics]
+    absent = [str(p.relative_to(folder)) for p in need if not p.is_file()]
+    if absent:
+        raise MedrefError(f"{folder}: not a published study folder with run {regime!r} (missing: {', '.join(absent)};"
+                          " tools/publish_study.py writes them)")
+    return metrics
+
+
+def _published_commit(repo: Path, folder: Path, regime: str, record: dict, prov: dict) -> tuple[str, str]:
+    """The commit of main to re-run a published row at, and why that one; an error when main has none."""
+    tree = _code_tree(folder, record)
+    commit, why = commit_in_main(repo, record.get("commit") or (prov.get("git") or {}).get("commit"), tree)
+    if commit is None:
+        hint = "" if record else (" This folder was published before publish.json existed (its commit was never "
+                                  "merged); re-publish the study from a commit of main with tools/publish_study.py.")
+        raise MedrefError(f"{folder}: cannot re-run {regime}: {why}.{hint}")
+    return commit, why
+
+
+def _code_tree(folder: Path, record: dict) -> str | None:
+    """The recorded pipeline_src tree: publish.json's, else PROVENANCE.md's (folders published before publish.json)."""
+    tree = record.get("code_tree")
+    if not tree and (folder / "PROVENANCE.md").is_file():
+        m = re.search(r"git tree `([0-9a-f]{40})`", (folder / "PROVENANCE.md").read_text())
+        tree = m[1] if m else None
+    return tree
