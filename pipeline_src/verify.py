@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,9 @@ import yaml
 
 from pipeline_src import numerics, paths
 from pipeline_src.errors import MedrefError
+from pipeline_src.grid import grid_document
 from pipeline_src.models.folder import PROVENANCE, ModelFolder
+from pipeline_src.models.weights import changed as changed_weights
 from pipeline_src.provenance import cpu_hint, cpu_model, version_mismatch
 
 GPU_METRIC_TOLERANCE = 1e-3  # absolute, on metrics in [0, 1]; declared here and in the README
@@ -46,8 +50,6 @@ NATIVE_CPU_METRIC_TOLERANCE = 0.02
 
 def chain(params_raw: dict[str, Any], regime: str) -> list[str]:
     """DVC stage names that ``eval@<regime>`` depends on, in execution order."""
-    from pipeline_src.grid import grid_document
-
     runs = grid_document(params_raw)["runs"]
     if regime not in runs:
         raise MedrefError(f"params.yaml: unknown run {regime!r}; runs: {', '.join(runs)}")
@@ -334,49 +336,77 @@ def _compare(stages: list[str], lock: dict, new: dict, prov: dict, how: str, clo
 def verify(regime: str, repo: Path = Path("."), keep: bool = False, log=print) -> bool:
     """``medref verify <regime>``: the workspace's recorded result (dvc.lock + outputs) against a re-run."""
     repo = repo.resolve()
-    if not (repo / paths.PIPELINE_FILE).is_file():
-        raise MedrefError(f"{repo}: no {paths.PIPELINE_FILE} here or above; run `medref verify` inside the repository")
+    _require_pipeline(repo)
     params_raw = yaml.safe_load((repo / "params.yaml").read_text())
     stages = chain(params_raw, regime)
     lock = _load_lock(repo / "dvc.lock")
+    failure = (_unrecorded(stages, lock, "dvc.lock", f"; run `dvc repro eval@{regime}` first")
+               or _changed_weights(regime, repo)  # 0. the weights files train read, against their recorded digests
+               or _workspace_change(stages, lock, params_raw, repo))  # 1. workspace vs dvc.lock
+    if failure:
+        log(failure)
+        return False
+    log(f"workspace matches dvc.lock for {len(stages)} stages")
+    return _rerun_recorded(regime, repo, lock, keep=keep, log=log)  # 2. re-run from scratch at the recorded commit
+
+
+def _require_pipeline(repo: Path) -> None:
+    """An error unless ``repo`` is the repository's root (it holds dvc.yaml)."""
+    if not (repo / paths.PIPELINE_FILE).is_file():
+        raise MedrefError(f"{repo}: no {paths.PIPELINE_FILE} here or above; run `medref verify` inside the repository")
+
+
+def _unrecorded(stages: list[str], lock: dict, lock_file: str | Path, hint: str = "") -> str | None:
+    """The FAIL line when ``lock`` (read from ``lock_file``) lacks a stage of the chain: nothing recorded to compare."""
     missing = [s for s in stages if s not in lock]
     if missing:
-        log(f"FAIL: dvc.lock has no record of {', '.join(missing)}; run `dvc repro eval@{regime}` first")
-        return False
+        return f"FAIL: {lock_file} has no record of {', '.join(missing)}{hint}"
+    return None
 
-    # 0. the pretrained weights files train read, against the digests it recorded (a file replaced behind the same
-    # path changes the model while every param stays the same)
-    from pipeline_src.models.weights import changed
 
+def _changed_weights(regime: str, repo: Path) -> str | None:
+    """Step 0: the FAIL line for the first pretrained weights file train read whose digest differs from the recorded
+    one (a file replaced behind the same path changes the model while every param stays the same)."""
     model_prov = provenance(regime, repo).get("model") or {}
-    for line in changed(model_prov.get("weights"), repo):
-        log(f"FAIL: train@{regime}: weights {line}; re-run `dvc repro train@{regime}` (or restore the file)")
-        return False
+    lines = changed_weights(model_prov.get("weights"), repo)
+    if lines:
+        return f"FAIL: train@{regime}: weights {lines[0]}; re-run `dvc repro train@{regime}` (or restore the file)"
+    return None
 
-    # 1. workspace vs dvc.lock
+
+def _workspace_change(stages: list[str], lock: dict, params_raw: dict[str, Any], repo: Path) -> str | None:
+    """Step 1: the FAIL line for the first way the workspace differs from dvc.lock for the chain (``dvc status``)."""
     st = _dvc(["status", "--json", *stages], cwd=repo)
     if st.returncode != 0:
         raise MedrefError(f"dvc status failed: {st.stderr.strip()}")
-    status = json.loads(st.stdout or "{}")
+    return next(_status_failures(stages, json.loads(st.stdout or "{}"), lock, params_raw), None)
+
+
+def _status_failures(stages: list[str], status: dict, lock: dict, params_raw: dict[str, Any]) -> Iterator[str]:
+    """One FAIL line per change ``dvc status --json`` reports, in stage order (lazily: the caller names the first)."""
     for stage in stages:
         for change in status.get(stage, []):
-            if isinstance(change, dict):
-                for kind, items in change.items():
-                    if isinstance(items, dict):
-                        for path, what in items.items():
-                            if isinstance(what, dict):  # params: {"eval": "modified"} -> name the leaf keys
-                                recorded = lock[stage].get("params", {}).get(path, {})
-                                keys = [k for group in what for k in _changed_keys(group, recorded.get(group),
-                                                                                  _dotted(params_raw, group))]
-                                what = ", ".join(keys or [f"{k} {v}" for k, v in what.items()])
-                            log(f"FAIL: {stage}: {kind}: {path} ({what}) differs from dvc.lock")
-                            return False
-            else:
-                log(f"FAIL: {stage}: {change}")
-                return False
-    log(f"workspace matches dvc.lock for {len(stages)} stages")
+            if not isinstance(change, dict):
+                yield f"FAIL: {stage}: {change}"
+                continue
+            for kind, items in change.items():
+                for path, what in (items.items() if isinstance(items, dict) else ()):
+                    what = _what_changed(what, lock[stage], path, params_raw)
+                    yield f"FAIL: {stage}: {kind}: {path} ({what}) differs from dvc.lock"
 
-    # 2. re-run from scratch at the recorded commit
+
+def _what_changed(what: Any, locked: dict, path: str, params_raw: dict[str, Any]) -> Any:
+    """What ``dvc status`` says of one path, with a params file's groups (``{"eval": "modified"}``) as the leaf
+    keys that changed against the stage's ``locked`` record."""
+    if not isinstance(what, dict):
+        return what
+    recorded = locked.get("params", {}).get(path, {})
+    keys = [k for group in what for k in _changed_keys(group, recorded.get(group), _dotted(params_raw, group))]
+    return ", ".join(keys or [f"{k} {v}" for k, v in what.items()])
+
+
+def _rerun_recorded(regime: str, repo: Path, lock: dict, *, keep: bool, log) -> bool:
+    """Step 2: the workspace's chain re-run from scratch at the commit its result records (none from dirty code)."""
     prov = provenance(regime, repo).get("metrics") or {}
     git = prov.get("git") or {}
     if git.get("dirty"):
@@ -478,41 +508,55 @@ def verify_from(folder: Path, regime: str, repo: Path = Path("."), keep: bool = 
     at a commit of main with the recorded code, with the recorded params.yaml and grid.yaml, and compare it with the
     recorded dvc.lock and metrics (bits, or the metrics within a tolerance: :func:`comparison`)."""
     repo, folder = repo.resolve(), folder.resolve()
-    if not (repo / paths.PIPELINE_FILE).is_file():
-        raise MedrefError(f"{repo}: no {paths.PIPELINE_FILE} here or above; run `medref verify` inside the repository")
-    metrics = folder / "metrics" / f"{regime}.json"
-    need = [folder / "params.yaml", folder / "grid.yaml", folder / "dvc.lock", metrics]
-    absent = [str(p.relative_to(folder)) for p in need if not p.is_file()]
-    if absent:
-        raise MedrefError(f"{folder}: not a published study folder with run {regime!r} (missing: {', '.join(absent)};"
-                          " tools/publish_study.py writes them)")
+    _require_pipeline(repo)
+    metrics = _published_metrics(folder, regime)
     prov = json.loads(metrics.read_text()).get("provenance") or {}
     record = json.loads((folder / PUBLISH_RECORD).read_text()) if (folder / PUBLISH_RECORD).is_file() else {}
-    git = prov.get("git") or {}
-    if git.get("dirty"):
+    if (prov.get("git") or {}).get("dirty"):
         # a study runs with its own params.yaml and grid.yaml, which dirty the tree and which the re-run restores;
         # any other uncommitted change to code the chain imports shows as a code dep that differs from dvc.lock
         log("note: the recorded run's working tree had uncommitted changes; the re-run's dvc.lock judges whether "
             "any of them reached the chain (every code dep's hash is compared)")
-    tree = record.get("code_tree")
-    if not tree and (folder / "PROVENANCE.md").is_file():  # folders published before publish.json existed
-        import re
-
-        m = re.search(r"git tree `([0-9a-f]{40})`", (folder / "PROVENANCE.md").read_text())
-        tree = m[1] if m else None
-    commit, why = commit_in_main(repo, record.get("commit") or git.get("commit"), tree)
-    if commit is None:
-        hint = "" if record else (" This folder was published before publish.json existed (its commit was never "
-                                  "merged); re-publish the study from a commit of main with tools/publish_study.py.")
-        raise MedrefError(f"{folder}: cannot re-run {regime}: {why}.{hint}")
+    commit, why = _published_commit(repo, folder, regime, record, prov)
     lock = _load_lock(folder / "dvc.lock")
-    params_raw = yaml.safe_load((folder / "params.yaml").read_text())
-    missing = [s for s in chain(params_raw, regime) if s not in lock]
-    if missing:
-        log(f"FAIL: {folder / 'dvc.lock'} has no record of {', '.join(missing)}")
+    stages = chain(yaml.safe_load((folder / "params.yaml").read_text()), regime)
+    failure = _unrecorded(stages, lock, folder / "dvc.lock")
+    if failure:
+        log(failure)
         return False
     log(f"{folder.name}/{regime}: re-running at {why}; recorded numerics "
         f"{(prov.get('numerics') or {}).get('mode', 'native (not recorded)')} on {prov.get('cpu')}")
     files = {"params.yaml": folder / "params.yaml", "workflow/grid.yaml": folder / "grid.yaml"}
     return _rerun(regime, repo, commit, files, lock, prov, recorded=None, recorded_metrics=metrics, keep=keep,
                   log=log)
+
+
+def _published_metrics(folder: Path, regime: str) -> Path:
+    """The run's metrics file in a published study folder; an error naming the files the folder lacks."""
+    metrics = folder / "metrics" / f"{regime}.json"
+    need = [folder / "params.yaml", folder / "grid.yaml", folder / "dvc.lock", metrics]
+    absent = [str(p.relative_to(folder)) for p in need if not p.is_file()]
+    if absent:
+        raise MedrefError(f"{folder}: not a published study folder with run {regime!r} (missing: {', '.join(absent)};"
+                          " tools/publish_study.py writes them)")
+    return metrics
+
+
+def _published_commit(repo: Path, folder: Path, regime: str, record: dict, prov: dict) -> tuple[str, str]:
+    """The commit of main to re-run a published row at, and why that one; an error when main has none."""
+    tree = _code_tree(folder, record)
+    commit, why = commit_in_main(repo, record.get("commit") or (prov.get("git") or {}).get("commit"), tree)
+    if commit is None:
+        hint = "" if record else (" This folder was published before publish.json existed (its commit was never "
+                                  "merged); re-publish the study from a commit of main with tools/publish_study.py.")
+        raise MedrefError(f"{folder}: cannot re-run {regime}: {why}.{hint}")
+    return commit, why
+
+
+def _code_tree(folder: Path, record: dict) -> str | None:
+    """The recorded pipeline_src tree: publish.json's, else PROVENANCE.md's (folders published before publish.json)."""
+    tree = record.get("code_tree")
+    if not tree and (folder / "PROVENANCE.md").is_file():
+        m = re.search(r"git tree `([0-9a-f]{40})`", (folder / "PROVENANCE.md").read_text())
+        tree = m[1] if m else None
+    return tree
