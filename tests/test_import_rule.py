@@ -34,7 +34,6 @@ PKG = "pipeline_src"
 # Third-party packages whose import cost justifies deferring the import of a module that loads them.
 HEAVY = frozenset({"torch", "timm", "open_clip", "transformers", "monai", "onnxruntime", "matplotlib", "dvclive"})
 
-_RESTRUCTURED = "being restructured in another branch; moved there"
 # File (or package folder, ending in "/") -> why its light in-function imports stay in their functions.
 EXEMPT: dict[str, str] = {
     f"{PKG}/cli.py": (
@@ -44,7 +43,6 @@ EXEMPT: dict[str, str] = {
         "pyarrow, PIL and submitit), and a stage's code deps in dvc.yaml follow from its handler's imports "
         "(tests/test_deps.py). The free ones (errors, numerics) are at its top"
     ),
-    f"{PKG}/verify.py": _RESTRUCTURED,
 }
 
 
