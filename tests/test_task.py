@@ -35,8 +35,8 @@ def test_nonlinearity_and_loss_per_kind():
     classes = torch.randint(0, 4, (2, 1, 8, 8), generator=g)
     assert torch.equal(task.Binary().loss("dice", one, bits), losses.binary("dice", one, bits))
     assert torch.equal(task.MultiClass(4).loss("dice", four, classes), losses.dice_ce(four, classes))
-    assert not task.MultiClass(4).teacher_student_ok and not task.MultiClass(4).flip_ok
-    assert task.Binary().teacher_student_ok and task.Binary().flip_ok
+    assert not task.MultiClass(4).teacher_student_ok and not task.MultiClass(4).flip_ok and not task.MultiClass(4).predict_ok
+    assert task.Binary().teacher_student_ok and task.Binary().flip_ok and task.Binary().predict_ok
 
 
 def test_binary_validation_is_the_mean_per_image_dice_over_batches():
@@ -77,11 +77,32 @@ def test_no_binary_multiclass_branch_outside_the_task_module_and_the_data_layer(
             code = line.split("#", 1)[0]
             if KIND_TESTS.search(code) and not code.lstrip().startswith(("\"", "'", "``")):
                 found.append(f"{rel}:{i}: {line.strip()}")
-    # predict writes binary masks only: it refuses another head by its output's width (an input check, not a branch)
-    found = [x for x in found if not (x.startswith("inference/predict.py:") and x.endswith("if p.shape[1] != 1:"))]
     assert not found, "a binary/multi-class decision outside models/task.py:\n" + "\n".join(found)
 
 
 def test_the_branch_rule_sees_a_branch():
     assert KIND_TESTS.search("if logits.shape[1] > 1:") and KIND_TESTS.search("if dataset.class_index:")
     assert not KIND_TESTS.search("probs[:, 1]")
+
+
+def test_predict_asks_the_task_whether_it_writes_the_head_s_masks():
+    from pathlib import Path
+
+    from pipeline_src.errors import MedrefError
+    from pipeline_src.inference import predict
+
+    class Head:
+        def __init__(self, channels):
+            self.channels = channels
+
+        def predict(self, x, texts, tta=None):
+            return np.full((x.shape[0], self.channels, *x.shape[2:]), 0.7, np.float32)
+
+    def source(channels):
+        return predict._Source(model_dir=Path("m"), exported=None, regime="r", ep={}, ep_source="", size=8, rule=None,
+                               limits=None, predictor=Head(channels), numpy_io=True)
+
+    small = [np.zeros((8, 8), np.uint8)]
+    assert predict._probabilities(source(1), small, [""], None).shape == (1, 1, 8, 8)
+    with pytest.raises(MedrefError, match="a 9-class model; `medref predict` writes binary masks"):
+        predict._probabilities(source(9), small, [""], None)

@@ -54,6 +54,7 @@ from pipeline_src.inference.sidecar import SUFFIXES, sidecar_of
 from pipeline_src.labels.mask_regions import mask_to_regions
 from pipeline_src.models import card, folder
 from pipeline_src.models.folder import CONFIG, EXPORT
+from pipeline_src.models.task import from_channels
 from pipeline_src.utils.io import atomic_dir, write_json
 from pipeline_src.utils.stage import torch_device
 
@@ -426,7 +427,7 @@ def _probabilities(src: _Source, small: list[np.ndarray], texts: list[str], tta:
         import torch  # the torch engine only: the onnx paths run without it
 
         p = src.predictor.predict(torch.from_numpy(x), texts, tta=tta).float().numpy()
-    if p.shape[1] != 1:
+    if not from_channels(p.shape[1]).predict_ok:
         raise MedrefError(f"{src.model_dir}: a {p.shape[1]}-class model; `medref predict` writes binary "
                           "masks (multi-class volume models are scored by `medref eval`)")
     return p

@@ -36,6 +36,7 @@ class Binary:
     n_classes = 1
     teacher_student_ok = True  # the teacher-student methods pseudo-label with the sigmoid
     flip_ok = True
+    predict_ok = True  # `medref predict` writes its masks (binary PNGs)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         import torch
@@ -81,6 +82,7 @@ class MultiClass:
     name = CLASS_INDEX
     teacher_student_ok = False  # no sigmoid pseudo-labels for a softmax head
     flip_ok = False  # a horizontal flip swaps left/right organs (kidneys, liver/spleen) but not their labels
+    predict_ok = False  # `medref predict` writes binary masks; volume models are scored by `medref eval`
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         import torch
