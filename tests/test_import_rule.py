@@ -29,6 +29,8 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.test_deps import module_file  # the one resolver of a dotted module to its file
+
 REPO = Path(__file__).resolve().parents[1]
 PKG = "pipeline_src"
 # Third-party packages whose import cost justifies deferring the import of a module that loads them.
@@ -54,15 +56,6 @@ class Import:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.module}"
-
-
-def module_file(dotted: str, root: Path) -> str | None:
-    """The repo-relative file of a pipeline_src module or package, None if there is none."""
-    base = Path(*dotted.split("."))
-    for cand in (base.with_suffix(".py"), base / "__init__.py"):
-        if (root / cand).is_file():
-            return cand.as_posix()
-    return None
 
 
 def dotted_of(rel: str) -> str:
